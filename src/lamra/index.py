@@ -1,0 +1,414 @@
+"""A FAISS inner-product index over L2-normalised embeddings that knows its string ids.
+
+On disk an index is a directory::
+
+    manifest.json     model name, dims, count, index type, fingerprint of the pool file it was built from
+    ids.json          the candidate ids (M-BEIR dids such as "9:1234"), row i <-> ids[i]
+    embeddings.npy    float32 (count, dims), L2-normalised, memory-mapped on load
+    index.faiss       the FAISS index (flat inner product by default, IVF when ``nlist`` is given)
+
+It loads without the model (``VectorIndex.load``), and ``load`` refuses an index whose pool file has
+changed since it was built (``StaleIndexError``), so a stale index is never searched by mistake.
+
+``build_index`` encodes a candidate list in batches into a memory-mapped ``.npy`` in a sibling
+``<dir>.partial`` directory and records its progress after every chunk: a killed encode, run again
+with the same arguments, continues where it stopped. The finished directory replaces ``<dir>`` with a
+rename, so a reader sees either the old index or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+from tqdm.auto import tqdm
+
+FORMAT = "lamra-index/1"
+MANIFEST = "manifest.json"
+IDS = "ids.json"
+EMBEDDINGS = "embeddings.npy"
+FAISS_FILE = "index.faiss"
+PROGRESS = "progress.json"
+
+EncodeFn = Callable[[Sequence[Any]], np.ndarray]
+
+
+class IndexFileError(RuntimeError):
+    """An index directory that is incomplete, inconsistent or of an unknown format."""
+
+
+class StaleIndexError(RuntimeError):
+    """The index was built from another pool file or another model than the one asked for."""
+
+
+# --- small helpers ---------------------------------------------------------------------------------
+
+
+def file_fingerprint(path: str | os.PathLike) -> str:
+    """sha256 of a file's bytes, streamed (the real M-BEIR global pool is several GB)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return "sha256:" + digest.hexdigest()
+
+
+def ids_fingerprint(ids: Sequence[str]) -> str:
+    digest = hashlib.sha256()
+    for did in ids:
+        digest.update(did.encode("utf-8") + b"\n")
+    return "sha256:" + digest.hexdigest()
+
+
+def l2_normalise(vectors: np.ndarray, what: str = "vectors") -> np.ndarray:
+    """Return float32 unit rows; a zero row is an encoder bug, so it is refused rather than hidden."""
+    vectors = np.asarray(vectors, dtype=np.float32)
+    if vectors.ndim != 2:
+        raise ValueError(f"{what}: expected a 2-D array (n, dims), got shape {vectors.shape}")
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    if vectors.shape[0] and not np.all(np.isfinite(norms)):
+        raise ValueError(f"{what}: contains NaN or infinite values")
+    if vectors.shape[0] and float(norms.min()) == 0.0:
+        row = int(np.argmin(norms[:, 0]))
+        raise ValueError(f"{what}: row {row} is a zero vector and cannot be normalised")
+    return vectors / norms
+
+
+def _refuse_duplicate_ids(ids: Sequence[str]) -> None:
+    seen: set[str] = set()
+    for did in ids:
+        if did in seen:
+            raise ValueError(f"duplicate candidate id {did!r}")
+        seen.add(did)
+
+
+def _write_json_atomic(path: Path, value: Any) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    tmp.write_text(json.dumps(value, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _replace_dir(new_dir: Path, target: Path) -> None:
+    """Move a finished directory into place; an older ``target`` is swapped out, then deleted."""
+    old = None
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
+        os.replace(target, old)
+    os.replace(new_dir, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _make_faiss_index(vectors: np.ndarray, nlist: int | None, nprobe: int) -> faiss.Index:
+    dims = vectors.shape[1]
+    if nlist is None:
+        index = faiss.IndexFlatIP(dims)
+    else:
+        if nlist < 1 or nlist > len(vectors):
+            raise ValueError(f"nlist={nlist}: an IVF index needs 1 <= nlist <= number of vectors ({len(vectors)})")
+        quantizer = faiss.IndexFlatIP(dims)
+        index = faiss.IndexIVFFlat(quantizer, dims, nlist, faiss.METRIC_INNER_PRODUCT)
+        index.train(np.ascontiguousarray(vectors))
+        index.nprobe = nprobe
+    # add in slices so a memory-mapped array is never copied whole
+    for start in range(0, len(vectors), 65536):
+        index.add(np.ascontiguousarray(vectors[start : start + 65536]))
+    return index
+
+
+# --- the index -------------------------------------------------------------------------------------
+
+
+class VectorIndex:
+    """Unit vectors + their string ids + a FAISS inner-product index (cosine similarity)."""
+
+    def __init__(self, vectors: np.ndarray, ids: Sequence[str], faiss_index: faiss.Index, manifest: dict):
+        if len(ids) != len(vectors):
+            raise ValueError(f"{len(ids)} ids for {len(vectors)} vectors")
+        self.vectors = vectors
+        self.ids = list(ids)
+        self.faiss_index = faiss_index
+        self.manifest = manifest
+
+    @classmethod
+    def from_vectors(
+        cls,
+        vectors: np.ndarray,
+        ids: Sequence[str],
+        *,
+        model_name: str = "unknown",
+        pool_path: str | os.PathLike | None = None,
+        pool_fingerprint: str | None = None,
+        nlist: int | None = None,
+        nprobe: int = 8,
+        assume_normalised: bool = False,
+    ) -> "VectorIndex":
+        """Index vectors (L2-normalised here unless ``assume_normalised``); duplicate ids are refused."""
+        ids = [str(did) for did in ids]
+        _refuse_duplicate_ids(ids)
+        if not assume_normalised:
+            vectors = l2_normalise(vectors, "candidate embeddings")
+        if pool_path is not None and pool_fingerprint is None:
+            pool_fingerprint = file_fingerprint(pool_path)
+        manifest = {
+            "format": FORMAT,
+            "model": model_name,
+            "dims": int(vectors.shape[1]),
+            "count": len(ids),
+            "metric": "inner_product",
+            "index_type": "flat" if nlist is None else "ivf",
+            "nlist": nlist,
+            "nprobe": nprobe if nlist is not None else None,
+            "pool_path": str(pool_path) if pool_path is not None else None,
+            "pool_fingerprint": pool_fingerprint,
+            "ids_fingerprint": ids_fingerprint(ids),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        return cls(vectors, ids, _make_faiss_index(vectors, nlist, nprobe), manifest)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def dims(self) -> int:
+        return int(self.manifest["dims"])
+
+    @property
+    def model_name(self) -> str:
+        return self.manifest["model"]
+
+    def search(self, query_vectors: np.ndarray, k: int) -> tuple[np.ndarray, list[list[str]]]:
+        """Top-k by inner product: ``(scores (n, k') float32, ids n lists of k' dids)``, best first.
+
+        ``k`` larger than the index is cut to its size; an IVF index can return fewer than k hits
+        for a query (empty probed lists): those slots are dropped from its id list and hold -inf.
+        """
+        queries = np.asarray(query_vectors, dtype=np.float32)
+        if queries.ndim == 1:
+            queries = queries[None, :]
+        if queries.ndim != 2 or queries.shape[1] != self.dims:
+            raise ValueError(f"query vectors of shape {queries.shape} for an index of {self.dims} dims")
+        if k < 1:
+            raise ValueError(f"k={k}: must be at least 1")
+        k = min(k, len(self))
+        if len(queries) == 0 or k == 0:
+            return np.zeros((len(queries), k), np.float32), [[] for _ in range(len(queries))]
+        scores, rows = self.faiss_index.search(np.ascontiguousarray(queries), k)
+        scores = np.where(rows >= 0, scores, -np.inf).astype(np.float32)
+        ids = [[self.ids[row] for row in query_rows if row >= 0] for query_rows in rows]
+        return scores, ids
+
+    def check_fresh(self, *, pool_path: str | os.PathLike | None = None, model_name: str | None = None) -> None:
+        """Raise StaleIndexError if the index was built from another pool file or model."""
+        if model_name is not None and model_name != self.model_name:
+            raise StaleIndexError(f"index was built with model {self.model_name!r}, not {model_name!r}")
+        if pool_path is not None:
+            current = file_fingerprint(pool_path)
+            if current != self.manifest.get("pool_fingerprint"):
+                raise StaleIndexError(
+                    f"pool file {str(pool_path)!r} has changed since the index was built "
+                    f"(index {self.manifest.get('pool_fingerprint')}, file {current}); rebuild the index"
+                )
+
+    def save(self, directory: str | os.PathLike) -> Path:
+        """Write the index directory atomically: everything goes to a temp dir that is then renamed."""
+        target = Path(directory)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex[:8]}")
+        tmp.mkdir()
+        try:
+            np.save(tmp / EMBEDDINGS, np.asarray(self.vectors, dtype=np.float32))
+            self._write_files(tmp)
+            _replace_dir(tmp, target)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+        return target
+
+    def _write_files(self, directory: Path) -> None:
+        """Everything but the embeddings (which ``build_index`` has already written in place)."""
+        _write_json_atomic(directory / IDS, self.ids)
+        faiss.write_index(self.faiss_index, str(directory / FAISS_FILE))
+        _write_json_atomic(directory / MANIFEST, self.manifest)  # last: its presence marks a whole index
+
+    @classmethod
+    def load(
+        cls,
+        directory: str | os.PathLike,
+        *,
+        pool_path: str | os.PathLike | None = None,
+        model_name: str | None = None,
+        mmap: bool = True,
+    ) -> "VectorIndex":
+        """Load a saved index (no model needed); with ``pool_path``/``model_name`` it must match them."""
+        directory = Path(directory)
+        manifest_path = directory / MANIFEST
+        if not manifest_path.is_file():
+            raise FileNotFoundError(f"no index at {str(directory)!r} (missing {MANIFEST})")
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        if manifest.get("format") != FORMAT:
+            raise IndexFileError(f"{str(manifest_path)!r}: unknown index format {manifest.get('format')!r}")
+        ids = json.loads((directory / IDS).read_text(encoding="utf-8"))
+        vectors = np.load(directory / EMBEDDINGS, mmap_mode="r" if mmap else None)
+        if vectors.shape != (manifest["count"], manifest["dims"]) or len(ids) != manifest["count"]:
+            raise IndexFileError(
+                f"index {str(directory)!r} is inconsistent: manifest says {manifest['count']}x{manifest['dims']}, "
+                f"embeddings are {vectors.shape}, ids {len(ids)}"
+            )
+        index = cls(vectors, ids, faiss.read_index(str(directory / FAISS_FILE)), manifest)
+        index.check_fresh(pool_path=pool_path, model_name=model_name)
+        return index
+
+
+# --- resumable build -------------------------------------------------------------------------------
+
+
+def encode_in_batches(
+    encode: EncodeFn,
+    items: Sequence[Any],
+    *,
+    batch_size: int = 32,
+    show_progress: bool = True,
+    desc: str = "encoding",
+) -> np.ndarray:
+    """Encode everything in memory (no resume); rows are L2-normalised float32."""
+    chunks = []
+    with tqdm(total=len(items), desc=desc, unit="item", disable=not show_progress) as bar:
+        for start in range(0, len(items), batch_size):
+            batch = items[start : start + batch_size]
+            chunks.append(_encode_batch(encode, batch, start))
+            bar.update(len(batch))
+    if not chunks:
+        raise ValueError("nothing to encode: the item list is empty")
+    return np.concatenate(chunks)
+
+
+def _encode_batch(encode: EncodeFn, batch: Sequence[Any], start: int) -> np.ndarray:
+    vectors = np.asarray(encode(batch), dtype=np.float32)
+    if vectors.ndim != 2 or len(vectors) != len(batch):
+        raise ValueError(
+            f"encode returned shape {vectors.shape} for a batch of {len(batch)} items (items {start}..)"
+        )
+    return l2_normalise(vectors, f"embeddings of items {start}..{start + len(batch) - 1}")
+
+
+def build_index(
+    encode: EncodeFn,
+    candidates: Sequence[Any],
+    ids: Sequence[str],
+    directory: str | os.PathLike,
+    *,
+    model_name: str,
+    pool_path: str | os.PathLike | None = None,
+    batch_size: int = 32,
+    chunk_size: int = 1024,
+    nlist: int | None = None,
+    nprobe: int = 8,
+    show_progress: bool = True,
+) -> VectorIndex:
+    """Encode ``candidates`` with ``encode(batch) -> (n, dims)`` and save a VectorIndex at ``directory``.
+
+    Resumable: embeddings go to ``<directory>.partial/embeddings.npy`` (memory-mapped) and
+    ``progress.json`` there records how many rows are done after every ``chunk_size`` items. A rerun
+    with the same candidates, ids, model and pool continues from that row; a rerun with anything else
+    starts over. When every row is done the index is built and the directory renamed into place.
+    """
+    ids = [str(did) for did in ids]
+    if len(ids) != len(candidates):
+        raise ValueError(f"{len(ids)} ids for {len(candidates)} candidates")
+    if not candidates:
+        raise ValueError(f"no candidates to index for {str(directory)!r}")
+    _refuse_duplicate_ids(ids)  # before hours of encoding, not after
+    target = Path(directory)
+    partial = target.with_name(target.name + ".partial")
+    job = {
+        "model": model_name,
+        "count": len(ids),
+        "ids_fingerprint": ids_fingerprint(ids),
+        "pool_fingerprint": file_fingerprint(pool_path) if pool_path is not None else None,
+    }
+    done, vectors = _open_partial(partial, job)
+
+    chunk_size = max(chunk_size, batch_size)
+    with tqdm(total=len(ids), initial=done, desc=f"encoding {target.name}", unit="item",
+              disable=not show_progress) as bar:
+        while done < len(ids):
+            chunk_end = min(done + chunk_size, len(ids))
+            for start in range(done, chunk_end, batch_size):
+                end = min(start + batch_size, chunk_end)
+                batch_vectors = _encode_batch(encode, candidates[start:end], start)
+                if vectors is None:  # the first batch tells the dimension
+                    vectors = _create_partial(partial, job, batch_vectors.shape[1])
+                if batch_vectors.shape[1] != vectors.shape[1]:
+                    raise ValueError(f"encode returned {batch_vectors.shape[1]} dims, earlier batches {vectors.shape[1]}")
+                vectors[start:end] = batch_vectors
+                bar.update(end - start)
+            vectors.flush()  # rows on disk before the marker says so
+            done = chunk_end
+            _write_json_atomic(partial / PROGRESS, {**job, "dims": int(vectors.shape[1]), "done": done})
+
+    index = VectorIndex.from_vectors(
+        vectors, ids, model_name=model_name, pool_path=pool_path,
+        pool_fingerprint=job["pool_fingerprint"], nlist=nlist, nprobe=nprobe,
+        assume_normalised=True,  # every batch was normalised as it was written
+    )
+    index._write_files(partial)
+    (partial / PROGRESS).unlink()
+    del vectors, index
+    _replace_dir(partial, target)
+    return VectorIndex.load(target)
+
+
+def _open_partial(partial: Path, job: dict) -> tuple[int, np.memmap | None]:
+    """Resume a matching partial build, or clear a non-matching one."""
+    progress_path = partial / PROGRESS
+    if progress_path.is_file() and (partial / EMBEDDINGS).is_file():
+        try:
+            progress = json.loads(progress_path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError:
+            progress = {}
+        if all(progress.get(key) == value for key, value in job.items()):
+            vectors = np.load(partial / EMBEDDINGS, mmap_mode="r+")
+            if vectors.shape == (job["count"], progress.get("dims")):
+                return int(progress["done"]), vectors
+    if partial.exists():
+        shutil.rmtree(partial)
+    return 0, None
+
+
+def _create_partial(partial: Path, job: dict, dims: int) -> np.memmap:
+    partial.mkdir(parents=True, exist_ok=True)
+    vectors = np.lib.format.open_memmap(partial / EMBEDDINGS, mode="w+", dtype=np.float32,
+                                        shape=(job["count"], dims))
+    _write_json_atomic(partial / PROGRESS, {**job, "dims": dims, "done": 0})
+    return vectors
+
+
+def load_or_build_index(
+    encode: EncodeFn,
+    candidates: Sequence[Any],
+    ids: Sequence[str],
+    directory: str | os.PathLike,
+    *,
+    model_name: str,
+    pool_path: str | os.PathLike | None = None,
+    **build_options,
+) -> VectorIndex:
+    """Reuse the index at ``directory`` if it matches the model, pool file and ids; else (re)build it."""
+    try:
+        index = VectorIndex.load(directory, pool_path=pool_path, model_name=model_name)
+        if index.manifest.get("ids_fingerprint") == ids_fingerprint([str(d) for d in ids]):
+            return index
+    except (FileNotFoundError, StaleIndexError):
+        pass
+    return build_index(encode, candidates, ids, directory, model_name=model_name, pool_path=pool_path,
+                       **build_options)

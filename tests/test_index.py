@@ -1,0 +1,161 @@
+"""lamra.index: search with string ids, atomic save/load, stale detection, resumable encoding."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from lamra.index import (
+    IndexFileError,
+    StaleIndexError,
+    VectorIndex,
+    build_index,
+    load_or_build_index,
+)
+
+
+def random_unit(n: int, dims: int, seed: int = 0) -> np.ndarray:
+    vectors = np.random.default_rng(seed).normal(size=(n, dims)).astype(np.float32)
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+class CountingEncoder:
+    """Deterministic 'embeddings' of integers; can be told to die after some calls (a killed encode)."""
+
+    def __init__(self, dims: int = 8, fail_after_calls: int | None = None):
+        self.dims = dims
+        self.fail_after_calls = fail_after_calls
+        self.calls = 0
+        self.items_seen: list[int] = []
+
+    def __call__(self, batch):
+        if self.fail_after_calls is not None and self.calls >= self.fail_after_calls:
+            raise KeyboardInterrupt("simulated kill")
+        self.calls += 1
+        self.items_seen.extend(batch)
+        return np.stack([random_unit(1, self.dims, seed=item)[0] * 3.0 for item in batch])
+
+
+def test_search_returns_ids_and_cosine_scores_best_first():
+    vectors = random_unit(50, 16)
+    index = VectorIndex.from_vectors(vectors, [f"9:{i}" for i in range(50)], model_name="m")
+    scores, ids = index.search(vectors[[3, 7]], k=5)
+    assert ids[0][0] == "9:3" and ids[1][0] == "9:7"
+    assert scores.shape == (2, 5) and np.allclose(scores[:, 0], 1.0, atol=1e-5)
+    assert np.all(np.diff(scores, axis=1) <= 1e-6)
+    expected = np.argsort(-(vectors @ vectors[3]))[:5]
+    assert ids[0] == [f"9:{i}" for i in expected]
+
+
+def test_vectors_are_normalised_and_k_is_cut_to_the_index_size():
+    index = VectorIndex.from_vectors(np.array([[3.0, 4.0], [0.0, 2.0]]), ["a", "b"])
+    assert np.allclose(np.linalg.norm(index.vectors, axis=1), 1.0)
+    scores, ids = index.search(np.array([[0.0, 1.0]]), k=10)
+    assert ids == [["b", "a"]] and np.allclose(scores, [[1.0, 0.8]])
+
+
+def test_bad_inputs_are_named():
+    with pytest.raises(ValueError, match="duplicate candidate id 'a'"):
+        VectorIndex.from_vectors(random_unit(2, 4), ["a", "a"])
+    with pytest.raises(ValueError, match="row 1 is a zero vector"):
+        VectorIndex.from_vectors(np.array([[1.0, 0.0], [0.0, 0.0]]), ["a", "b"])
+    index = VectorIndex.from_vectors(random_unit(3, 4), ["a", "b", "c"])
+    with pytest.raises(ValueError, match="4 dims"):
+        index.search(random_unit(1, 5), k=1)
+
+
+def test_save_load_round_trip_without_the_model(tmp_path):
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text('{"did": "1:1"}\n')
+    vectors = random_unit(20, 8)
+    ids = [f"1:{i}" for i in range(20)]
+    index = VectorIndex.from_vectors(vectors, ids, model_name="tiny", pool_path=pool)
+    index.save(tmp_path / "idx")
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".idx")], "temp dirs left behind"
+    loaded = VectorIndex.load(tmp_path / "idx", pool_path=pool, model_name="tiny")
+    manifest = json.loads((tmp_path / "idx" / "manifest.json").read_text())
+    assert manifest["dims"] == 8 and manifest["count"] == 20 and manifest["model"] == "tiny"
+    assert manifest["pool_fingerprint"].startswith("sha256:")
+    assert loaded.ids == ids
+    assert loaded.search(vectors[:3], 4)[1] == index.search(vectors[:3], 4)[1]
+    # saving again replaces the directory in one rename
+    VectorIndex.from_vectors(vectors[:5], ids[:5], model_name="tiny", pool_path=pool).save(tmp_path / "idx")
+    assert len(VectorIndex.load(tmp_path / "idx")) == 5
+
+
+def test_stale_index_is_detected(tmp_path):
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text('{"did": "1:1"}\n')
+    VectorIndex.from_vectors(random_unit(2, 4), ["a", "b"], model_name="m1", pool_path=pool).save(tmp_path / "i")
+    with pytest.raises(StaleIndexError, match="model 'm1', not 'm2'"):
+        VectorIndex.load(tmp_path / "i", model_name="m2")
+    pool.write_text('{"did": "1:2"}\n')
+    with pytest.raises(StaleIndexError, match="has changed since the index was built"):
+        VectorIndex.load(tmp_path / "i", pool_path=pool)
+    with pytest.raises(FileNotFoundError, match="no index at"):
+        VectorIndex.load(tmp_path / "missing")
+    (tmp_path / "i" / "manifest.json").write_text(json.dumps({"format": "other"}))
+    with pytest.raises(IndexFileError, match="unknown index format"):
+        VectorIndex.load(tmp_path / "i")
+
+
+def test_ivf_index_finds_exact_matches(tmp_path):
+    vectors = random_unit(400, 16, seed=1)
+    index = VectorIndex.from_vectors(vectors, [str(i) for i in range(400)], nlist=8, nprobe=8)
+    assert index.manifest["index_type"] == "ivf"
+    _, ids = index.search(vectors[:10], k=3)
+    assert [hits[0] for hits in ids] == [str(i) for i in range(10)]
+    index.save(tmp_path / "ivf")
+    assert VectorIndex.load(tmp_path / "ivf").search(vectors[:10], 3)[1] == ids
+
+
+def test_killed_encode_resumes_where_it_stopped(tmp_path):
+    candidates = list(range(100))
+    ids = [f"5:{i}" for i in candidates]
+    target = tmp_path / "pool_index"
+
+    dying = CountingEncoder(fail_after_calls=5)  # 5 batches of 10 = two chunks of 20 done, a third begun
+    with pytest.raises(KeyboardInterrupt):
+        build_index(dying, candidates, ids, target, model_name="m", batch_size=10, chunk_size=20,
+                    show_progress=False)
+    assert not target.exists() and (tmp_path / "pool_index.partial" / "progress.json").exists()
+    assert json.loads((tmp_path / "pool_index.partial" / "progress.json").read_text())["done"] == 40
+
+    resumed = CountingEncoder()
+    index = build_index(resumed, candidates, ids, target, model_name="m", batch_size=10, chunk_size=20,
+                        show_progress=False)
+    assert resumed.items_seen == list(range(40, 100))  # nothing before the marker is encoded again
+    assert not (tmp_path / "pool_index.partial").exists()
+
+    fresh = build_index(CountingEncoder(), candidates, ids, tmp_path / "fresh", model_name="m",
+                        batch_size=10, show_progress=False)
+    assert np.array_equal(np.asarray(index.vectors), np.asarray(fresh.vectors))
+
+
+def test_partial_build_of_another_pool_is_not_resumed(tmp_path):
+    target = tmp_path / "idx"
+    with pytest.raises(KeyboardInterrupt):
+        build_index(CountingEncoder(fail_after_calls=2), list(range(30)), [str(i) for i in range(30)], target,
+                    model_name="m", batch_size=5, chunk_size=5, show_progress=False)
+    again = CountingEncoder()
+    build_index(again, list(range(30)), [str(i) for i in range(30)], target, model_name="other-model",
+                batch_size=5, show_progress=False)
+    assert again.items_seen == list(range(30))
+
+
+def test_load_or_build_reuses_a_fresh_index(tmp_path):
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text("x\n")
+    first = CountingEncoder()
+    load_or_build_index(first, [1, 2, 3], ["a", "b", "c"], tmp_path / "i", model_name="m", pool_path=pool,
+                        show_progress=False)
+    second = CountingEncoder()
+    load_or_build_index(second, [1, 2, 3], ["a", "b", "c"], tmp_path / "i", model_name="m", pool_path=pool,
+                        show_progress=False)
+    assert first.calls == 1 and second.calls == 0
+    pool.write_text("y\n")  # the pool changed: rebuilt
+    load_or_build_index(second, [1, 2, 3], ["a", "b", "c"], tmp_path / "i", model_name="m", pool_path=pool,
+                        show_progress=False)
+    assert second.calls == 1
