@@ -14,7 +14,6 @@ from lamra.evaluate.metrics import (
     mean_by_group,
     recall_at_k,
     recall_ks_for,
-    task_id_for,
 )
 
 RANKED = ["a", "b", "c", "d", "e"]
@@ -72,10 +71,6 @@ def test_mbeir_dataset_conventions():
     assert recall_ks_for("FashionIQ") == (10, 20, 50) and recall_ks_for("fashion200k") == (10, 20, 50)
     assert recall_ks_for("mscoco") == (1, 5, 10) and recall_ks_for("pocket_t2i") == (1, 5, 10)
     assert headline_metric_for("fashioniq") == "R@10" and headline_metric_for("cirr") == "R@5"
-    assert task_id_for("text,image", "image") == 7 and task_id_for("image,text", "image,text") == 8
-    assert task_id_for("text", "image") == 0
-    with pytest.raises(ValueError, match="no M-BEIR task"):
-        task_id_for("image", "image,text")
 
 
 def test_headline_average_and_grouping():

@@ -20,39 +20,11 @@ import numpy as np
 
 # --- M-BEIR conventions ----------------------------------------------------------------------------
 
-# UniIR's dataset ids (src/data/preprocessing/utils.py); PocketBEIR uses ids from 10 up.
-MBEIR_DATASET_IDS = {
-    "visualnews": 0, "fashion200k": 1, "webqa": 2, "edis": 3, "nights": 4,
-    "oven": 5, "infoseek": 6, "fashioniq": 7, "cirr": 8, "mscoco": 9,
-}
 # Fashion retrieval is hard (near-duplicate garments), so M-BEIR reports R@10/20/50 for these and
 # R@1/5/10 for the rest; the headline is R@10 for them and R@5 otherwise (UniIR's retrieval configs).
 FASHION_DATASETS = frozenset({"fashion200k", "fashioniq"})
 DEFAULT_RECALL_KS = (1, 5, 10)
 FASHION_RECALL_KS = (10, 20, 50)
-
-# task id -> (query modality, candidate modality), as M-BEIR numbers them (5, i -> (i,t), is unused)
-MBEIR_TASKS = {
-    0: ("text", "image"),
-    1: ("text", "text"),
-    2: ("text", "image,text"),
-    3: ("image", "text"),
-    4: ("image", "image"),
-    6: ("image,text", "text"),
-    7: ("image,text", "image"),
-    8: ("image,text", "image,text"),
-}
-# the paper's column notation (q = query, c = candidate, t = text, i = image)
-TASK_NOTATION = {
-    0: "qt->ci",
-    1: "qt->ct",
-    2: "qt->(ci,ct)",
-    3: "qi->ct",
-    4: "qi->ci",
-    6: "(qi,qt)->ct",
-    7: "(qi,qt)->ci",
-    8: "(qi,qt)->(ci,ct)",
-}
 
 
 def _dataset_key(dataset_name: str) -> str:
@@ -71,20 +43,6 @@ def recall_ks_for(dataset_name: str) -> tuple[int, ...]:
 def headline_metric_for(dataset_name: str) -> str:
     """The one number per dataset in the paper's Tables 5/6: R@10 for fashion datasets, else R@5."""
     return "R@10" if is_fashion_dataset(dataset_name) else "R@5"
-
-
-def normalise_modality(modality: str) -> str:
-    """'text,image' and 'image,text' name the same modality; M-BEIR writes 'image,text'."""
-    parts = sorted(part.strip() for part in modality.split(","))
-    return ",".join(parts)
-
-
-def task_id_for(query_modality: str, candidate_modality: str) -> int:
-    wanted = (normalise_modality(query_modality), normalise_modality(candidate_modality))
-    for task_id, modalities in MBEIR_TASKS.items():
-        if tuple(normalise_modality(m) for m in modalities) == wanted:
-            return task_id
-    raise ValueError(f"no M-BEIR task for query modality {query_modality!r} -> {candidate_modality!r}")
 
 
 # --- per-query metrics -----------------------------------------------------------------------------
