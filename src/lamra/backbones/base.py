@@ -1,0 +1,140 @@
+"""The one interface every LMM sits behind.
+
+The retriever, reranker and trainers only ever see a :class:`Backbone`: it turns chat-style messages
+(with PIL images) into model inputs, returns last-layer hidden states, and maps hidden states to
+next-token logits. Which LMM it is (Qwen2-VL, Qwen2.5-VL, the compact model) is known only here and
+in the concrete subclasses.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from PIL import Image
+
+from lamra.prompts import EMB_TOKEN
+
+Messages = list[dict[str, Any]]
+
+
+@dataclass
+class RenderedConversation:
+    """A conversation as template text with image placeholders, and its images in order."""
+
+    text: str
+    images: list[Image.Image]
+
+
+def render_chatml(
+    messages: Messages,
+    image_placeholder: str,
+    system: str | None,
+    add_generation_prompt: bool = False,
+    assistant_prefix: str = "",
+) -> RenderedConversation:
+    """ChatML as Qwen2-VL's template writes it: ``<|im_start|>role\\n...<|im_end|>\\n`` per turn.
+
+    ``system`` is the default system turn added when the conversation has none (Qwen2-VL: "You are a
+    helpful assistant."). ``assistant_prefix`` starts an assistant turn without closing it (used by
+    listwise scoring, which reads the logits right after ``Ans: (``).
+    """
+    parts: list[str] = []
+    images: list[Image.Image] = []
+    if system is not None and (not messages or messages[0]["role"] != "system"):
+        parts.append(f"<|im_start|>system\n{system}<|im_end|>\n")
+    for message in messages:
+        parts.append(f"<|im_start|>{message['role']}\n")
+        content = message["content"]
+        if isinstance(content, str):
+            content = [{"type": "text", "text": content}]
+        for piece in content:
+            if piece["type"] == "image":
+                parts.append(image_placeholder)
+                images.append(piece["image"])
+            else:
+                parts.append(piece["text"])
+        parts.append("<|im_end|>\n")
+    if add_generation_prompt or assistant_prefix:
+        parts.append("<|im_start|>assistant\n" + assistant_prefix)
+    return RenderedConversation("".join(parts), images)
+
+
+def pad_sequences(
+    sequences: list[list[int]], pad_id: int, padding_side: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pad token id lists to one tensor; returns (input_ids, attention_mask)."""
+    if padding_side not in ("left", "right"):
+        raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        span = slice(width - len(seq), width) if padding_side == "left" else slice(0, len(seq))
+        ids[row, span] = torch.tensor(seq, dtype=torch.long)
+        mask[row, span] = 1
+    return ids, mask
+
+
+class Backbone(ABC):
+    """An LMM with a tokenizer, seen through what LamRA needs of it."""
+
+    #: a short name for reports ("qwen2-vl", "compact")
+    kind: str = ""
+
+    def __init__(self, model: torch.nn.Module, tokenizer):
+        self.model = model
+        self.tokenizer = tokenizer
+        if EMB_TOKEN not in tokenizer.get_vocab():
+            raise ValueError(f"tokenizer has no {EMB_TOKEN} token; load through from_pretrained")
+        self.emb_token_id = tokenizer.convert_tokens_to_ids(EMB_TOKEN)
+
+    # --- inputs ----------------------------------------------------------------------------------
+    @abstractmethod
+    def build_inputs(
+        self,
+        conversations: list[Messages],
+        add_generation_prompt: bool = False,
+        assistant_prefix: str = "",
+        padding_side: str = "left",
+    ) -> dict[str, torch.Tensor]:
+        """Tokenise and batch conversations (images included) into model inputs."""
+
+    def tokenize(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def truncate_text(self, text: str, max_tokens: int) -> str:
+        """Cut text to ``max_tokens`` tokens, as the official code does before building prompts."""
+        ids = self.tokenize(text)
+        return text if len(ids) <= max_tokens else self.tokenizer.decode(ids[:max_tokens])
+
+    # --- model -----------------------------------------------------------------------------------
+    @abstractmethod
+    def hidden_states(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Last-layer hidden states (after the final norm), shape (batch, seq, hidden)."""
+
+    @abstractmethod
+    def output_embeddings(self) -> torch.nn.Module:
+        """The lm_head: maps hidden states to next-token logits."""
+
+    def logits_at(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.output_embeddings()(hidden)
+
+    @property
+    @abstractmethod
+    def lora_target_modules(self) -> str | list[str]:
+        """peft ``target_modules``: every Linear of the language model, nothing else."""
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    def save_pretrained(self, path) -> None:
+        self.model.save_pretrained(path)
+        self.tokenizer.save_pretrained(path)

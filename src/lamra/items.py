@@ -1,0 +1,128 @@
+"""Turning whatever a user passes to ``encode``/``rerank`` into an ordered list of segments.
+
+An item is a sequence of segments, each a string or a PIL image. Accepted inputs:
+
+- ``"a string"``                              -> text
+- ``PIL.Image.Image`` or ``pathlib.Path``     -> image (a Path is always read as an image file)
+- ``("text", image)`` / ``(image, "text")``   -> text + image pair (image first, as LamRA does)
+- ``{"txt": ..., "img_path": ...}``           -> an M-BEIR record (query or candidate); ``image_root``
+                                                 resolves ``img_path``
+- ``["text", img, "more text", img2]``        -> interleaved segments, in order
+
+Errors name the item and its position so that one bad file in a batch of thousands is easy to find.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, UnidentifiedImageError
+
+Segment = str | Image.Image
+
+
+class InputError(ValueError):
+    """Bad user input (missing image, empty text, unsupported type), named with its position."""
+
+
+def load_image(path: str | os.PathLike, image_root: str | os.PathLike | None = None) -> Image.Image:
+    """Open an image as RGB; transparent pixels are composited onto white (emoji PNGs are RGBA).
+
+    With ``image_root``, a relative path is resolved under it and a path that escapes it is refused.
+    """
+    path = Path(path)
+    if image_root is not None:
+        root = Path(image_root).resolve()
+        full = (root / path).resolve()
+        if full != root and root not in full.parents:
+            raise InputError(f"image path {str(path)!r} escapes the data root {str(root)!r}")
+        path = full
+    if not path.is_file():
+        raise InputError(f"image file not found: {str(path)!r}")
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return to_rgb(image)
+    except (UnidentifiedImageError, OSError) as error:
+        raise InputError(f"cannot read image {str(path)!r}: {error}") from None
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("RGBA", "LA", "P", "PA") or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def _segment(value: Any, image_root) -> Segment:
+    if isinstance(value, str):
+        if not value.strip():
+            raise InputError("empty text")
+        return value
+    if isinstance(value, Image.Image):
+        return to_rgb(value)
+    if isinstance(value, os.PathLike):
+        return load_image(value, image_root)
+    raise InputError(f"unsupported segment type {type(value).__name__}")
+
+
+def to_segments(item: Any, image_root: str | os.PathLike | None = None) -> list[Segment]:
+    """Normalise one item to its segments (raises InputError without position information)."""
+    if isinstance(item, dict):
+        text = item.get("txt") or item.get("query_txt") or ""
+        img_path = item.get("img_path") or item.get("query_img_path")
+        segments: list[Segment] = []
+        if img_path:
+            segments.append(load_image(img_path, image_root))
+        if text.strip():
+            segments.append(text)
+        if not segments:
+            raise InputError("record has neither text nor image")
+        return segments
+    if isinstance(item, (str, Image.Image, os.PathLike)):
+        return [_segment(item, image_root)]
+    if isinstance(item, Sequence) and not isinstance(item, (bytes, bytearray)):
+        if not item:
+            raise InputError("empty sequence")
+        segments = [_segment(value, image_root) for value in item]
+        if isinstance(item, tuple) and len(segments) == 2:
+            # a (text, image) pair is shown image first, as LamRA's prompts do
+            segments.sort(key=lambda s: not isinstance(s, Image.Image))
+        return segments
+    raise InputError(f"unsupported input type {type(item).__name__}")
+
+
+def to_segment_batch(items: Sequence[Any], image_root=None, what: str = "item") -> list[list[Segment]]:
+    """Normalise a batch; the first bad item raises an InputError naming its position."""
+    if isinstance(items, (str, Image.Image, os.PathLike, dict)):
+        raise InputError(f"expected a list of {what}s, got a single {type(items).__name__}")
+    batch = []
+    for position, item in enumerate(items):
+        try:
+            batch.append(to_segments(item, image_root))
+        except InputError as error:
+            raise InputError(f"{what} {position} ({_describe(item)}): {error}") from None
+    return batch
+
+
+def _describe(item: Any) -> str:
+    text = repr(item)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def with_instruction(segments: list[Segment], instruction: str | None) -> list[Segment]:
+    """Prefix the item's text with an instruction as LamRA does: ``"{instruction} {query_txt}"``."""
+    if not instruction:
+        return segments
+    segments = list(segments)
+    for i, segment in enumerate(segments):
+        if isinstance(segment, str):
+            segments[i] = f"{instruction} {segment}"
+            return segments
+    return segments + [instruction]
