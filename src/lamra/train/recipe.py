@@ -1,0 +1,224 @@
+"""Training recipes: YAML files of plain values, loaded into a checked `Recipe`.
+
+A recipe names everything a run depends on (stage, backbone, LoRA, optimisation, data), so a run
+directory's copy of it (`save_recipe`) is enough to reproduce the run. Unknown keys and values of
+the wrong type are rejected with the file and key in the message; paths may use `~`,
+`$LAMRA_HOME` (default ~/.cache/lamra) and other environment variables.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+STAGES = ("stage0", "stage1", "stage2", "rank")
+REPO_RECIPES_DIR = Path(__file__).resolve().parents[3] / "recipes"  # src/lamra/train -> repo root
+
+
+class RecipeError(ValueError):
+    """A recipe file that cannot be used; the message names the file and the key."""
+
+
+@dataclass
+class Recipe:
+    # What and from where.
+    stage: str  # stage0 (compact only: align the projector), stage1, stage2, rank
+    backbone: str = "compact"  # compact | qwen2-vl | qwen2.5-vl
+    model: str | None = None  # weights: hub name or local dir; None = the backbone's default
+    init_from: str | None = None  # merged or adapter weights to start from (stage 2: stage 1's)
+    output_dir: str = "runs/{name}"  # run dir: checkpoints, logs, final adapter; {name} = recipe name
+    name: str = ""  # defaults to the file name without .yaml
+
+    # LoRA on every Linear of the language model (not lm_head, not the vision tower).
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+
+    # Optimisation (official: AdamW, weight decay 0, cosine with 3% warmup, bf16).
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.03
+    epochs: float = 1.0
+    max_steps: int | None = None  # when set, overrides epochs (the data repeats as needed)
+    batch_size: int = 32  # global examples per optimizer step, split evenly over processes
+    chunk_size: int | None = None  # GradCache sub-batch (Ret) / accumulation micro-batch (Rank)
+    max_grad_norm: float | None = None
+    bf16: bool = True  # torch.autocast bfloat16 (the fast path on CPUs with bf16 units)
+    seed: int = 42
+
+    # Model inputs.
+    max_length: int = 1024  # tokens per sequence
+    num_visual_tokens: int | None = None  # compact LMM: pooled vision tokens per image (e.g. 9)
+    image_max_pixels: int | None = None  # Qwen2-VL: 300*28*28 in the official runs
+    image_min_pixels: int | None = None  # Qwen2-VL: 4*28*28
+
+    # Loss.
+    temperature: float = 0.05
+    hard_negatives: int = 0  # hard negatives per query as extra columns (0 = in-batch only)
+
+    # Reranker data (stage rank).
+    mining_top_k: int = 100
+    listwise_min_candidates: int = 2
+    listwise_max_candidates: int = 5
+
+    # Data (M-BEIR layout; stage 1: the text-pair csv; stage 0: captions of training images).
+    train_data: str | None = None
+    cand_pool: str | None = None
+    instructions: str | None = None
+    rerank_data: str | None = None  # mined top-K file (stage rank)
+    max_train_examples: int | None = None  # use only the first N training examples
+
+    # Bookkeeping.
+    save_every: int = 100  # optimizer steps between checkpoints
+    keep_checkpoints: int = 2
+    log_every: int = 1
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(expand_path(self.output_dir.format(name=self.name)))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+PATH_FIELDS = ("model", "init_from", "output_dir", "train_data", "cand_pool", "instructions", "rerank_data")
+
+
+def lamra_home() -> Path:
+    return Path(os.environ.get("LAMRA_HOME") or Path.home() / ".cache" / "lamra").expanduser()
+
+
+def expand_path(value: str) -> str:
+    """`$LAMRA_HOME` (with its default), other environment variables and `~`."""
+    value = value.replace("${LAMRA_HOME}", str(lamra_home())).replace("$LAMRA_HOME", str(lamra_home()))
+    return os.path.expanduser(os.path.expandvars(value))
+
+
+def resolve_recipe_path(name_or_path: str | os.PathLike) -> Path:
+    """A file path, or the name of a recipe shipped in the repository's recipes/ folder."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    shipped = REPO_RECIPES_DIR / f"{path.name.removesuffix('.yaml')}.yaml"
+    if shipped.is_file():
+        return shipped
+    known = ", ".join(p.stem for p in sorted(REPO_RECIPES_DIR.glob("*.yaml"))) or "none found"
+    raise RecipeError(f"recipe {str(name_or_path)!r} not found (not a file; shipped recipes: {known})")
+
+
+def load_recipe(name_or_path: str | os.PathLike, overrides: dict[str, Any] | None = None) -> Recipe:
+    """Read and check a recipe; `overrides` (e.g. from `--set key=value`) win over the file."""
+    path = resolve_recipe_path(name_or_path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise RecipeError(f"{path}: not valid YAML: {error}") from None
+    if not isinstance(raw, dict):
+        raise RecipeError(f"{path}: a recipe is a mapping of key: value, got {type(raw).__name__}")
+    raw = {**raw, **(overrides or {})}
+    raw.setdefault("name", path.stem)
+    return recipe_from_dict(raw, source=str(path))
+
+
+def recipe_from_dict(values: dict[str, Any], source: str = "<recipe>") -> Recipe:
+    fields = {f.name: f for f in dataclasses.fields(Recipe)}
+    for key in values:
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), fields, n=3)
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            raise RecipeError(f"{source}: unknown key {key!r}{hint}")
+    if "stage" not in values:
+        raise RecipeError(f"{source}: missing key 'stage' (one of {', '.join(STAGES)})")
+    if isinstance(values["stage"], int) and not isinstance(values["stage"], bool):
+        values = {**values, "stage": f"stage{values['stage']}"}  # `stage: 1` means stage1
+    hints = typing.get_type_hints(Recipe)
+    checked = {key: _check_value(key, value, hints[key], source) for key, value in values.items()}
+    for key in PATH_FIELDS:  # a hub name such as "Qwen/Qwen2-VL-7B-Instruct" passes unchanged
+        if isinstance(checked.get(key), str):
+            checked[key] = expand_path(checked[key])
+    recipe = Recipe(**checked)
+    _check_recipe(recipe, source)
+    return recipe
+
+
+def save_recipe(recipe: Recipe, path: str | os.PathLike) -> None:
+    """Write the recipe as YAML (temp file + rename), e.g. into the run directory."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".{path.name}.tmp")
+    temp.write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
+    os.replace(temp, path)
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`key=value` from the command line; the value is read as YAML (numbers, true, null)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise RecipeError(f"override {text!r} is not of the form key=value")
+    return key.strip(), yaml.safe_load(value)
+
+
+def _check_value(key: str, value: Any, annotation: Any, source: str) -> Any:
+    allowed = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else (annotation,)
+    if value is None:
+        if type(None) in allowed:
+            return None
+        raise RecipeError(f"{source}: {key} must not be empty")
+    for kind in allowed:
+        if kind is bool and isinstance(value, bool):
+            return value
+        if kind is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if kind is float and not isinstance(value, bool):
+            if isinstance(value, int | float):
+                return float(value)
+            if isinstance(value, str):  # YAML 1.1 reads "2e-4" (no dot) as a string
+                try:
+                    return float(value)
+                except ValueError:
+                    pass
+        if kind is str and isinstance(value, str):
+            return value
+    return _bad(key, value, allowed, source)
+
+
+def _bad(key: str, value: Any, allowed: tuple, source: str) -> Any:
+    words = {bool: "true/false", int: "an integer", float: "a number", str: "a string", type(None): "null"}
+    names = " or ".join(words[kind] for kind in allowed)
+    raise RecipeError(f"{source}: {key} must be {names}, got {value!r}")
+
+
+def _check_recipe(recipe: Recipe, source: str) -> None:
+    def fail(message: str) -> None:
+        raise RecipeError(f"{source}: {message}")
+
+    if recipe.stage not in STAGES:
+        fail(f"stage must be one of {', '.join(STAGES)}, got {recipe.stage!r}")
+    if recipe.stage == "stage0" and recipe.backbone != "compact":
+        fail("stage0 (projector alignment) exists only for the compact backbone")
+    for key in ("lora_r", "lora_alpha", "batch_size", "max_length", "save_every", "keep_checkpoints", "log_every"):
+        if getattr(recipe, key) <= 0:
+            fail(f"{key} must be positive, got {getattr(recipe, key)}")
+    for key in ("chunk_size", "max_steps", "num_visual_tokens", "max_train_examples"):
+        if getattr(recipe, key) is not None and getattr(recipe, key) <= 0:
+            fail(f"{key} must be positive or null, got {getattr(recipe, key)}")
+    if recipe.lr <= 0 or recipe.temperature <= 0:
+        fail("lr and temperature must be positive")
+    if not 0.0 <= recipe.lora_dropout < 1.0:
+        fail(f"lora_dropout must be in [0, 1), got {recipe.lora_dropout}")
+    if not 0.0 <= recipe.warmup_ratio < 1.0:
+        fail(f"warmup_ratio must be in [0, 1), got {recipe.warmup_ratio}")
+    if recipe.max_steps is None and recipe.epochs <= 0:
+        fail("set epochs > 0 or max_steps")
+    if recipe.hard_negatives < 0:
+        fail(f"hard_negatives must be >= 0, got {recipe.hard_negatives}")
+    if not 2 <= recipe.listwise_min_candidates <= recipe.listwise_max_candidates:
+        fail("need 2 <= listwise_min_candidates <= listwise_max_candidates")
