@@ -18,6 +18,7 @@ from PIL import Image
 from lamra.prompts import EMB_TOKEN
 
 Messages = list[dict[str, Any]]
+IGNORE_INDEX = -100
 
 
 @dataclass
@@ -101,6 +102,26 @@ class Backbone(ABC):
         padding_side: str = "left",
     ) -> dict[str, torch.Tensor]:
         """Tokenise and batch conversations (images included) into model inputs."""
+
+    def build_training_inputs(
+        self, conversations: list[Messages], padding_side: str = "right"
+    ) -> dict[str, torch.Tensor]:
+        """Inputs plus ``labels`` that supervise only the final assistant turn (its text and the
+        closing ``<|im_end|>``); everything before it is -100."""
+        prompt_lengths = []
+        for messages in conversations:
+            if messages[-1]["role"] != "assistant":
+                raise ValueError("a training conversation must end with an assistant turn")
+            prompt = self.build_inputs([messages[:-1]], add_generation_prompt=True)
+            prompt_lengths.append(int(prompt["attention_mask"].sum()))
+        inputs = self.build_inputs(conversations, padding_side=padding_side)
+        labels = torch.full_like(inputs["input_ids"], IGNORE_INDEX)
+        for row, prompt_length in enumerate(prompt_lengths):
+            positions = inputs["attention_mask"][row].nonzero().flatten()
+            answer = positions[prompt_length:-1]  # drop the trailing newline after <|im_end|>
+            labels[row, answer] = inputs["input_ids"][row, answer]
+        inputs["labels"] = labels
+        return inputs
 
     def tokenize(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]

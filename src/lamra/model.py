@@ -1,0 +1,226 @@
+"""``LamRA``: the one object users hold. Load, encode, search, rerank."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from lamra.backbones.base import Backbone
+from lamra.items import InputError, to_segment_batch, to_segments
+from lamra.reranker import Reranker, fuse
+from lamra.retriever import Retriever
+
+logger = logging.getLogger(__name__)
+
+#: The light checkpoint format of the compact model: a projector and adapters over packaged parts.
+LIGHT_CONFIG = "lamra.json"
+SHIPPED_DIR = Path(__file__).parent / "weights" / "compact"
+
+
+@dataclass
+class Hit:
+    """One search result: the candidate's id (its index in the corpus, or its did), score, item."""
+
+    id: str | int
+    score: float
+    item: Any = None
+    retrieval_score: float | None = None
+    rerank_score: float | None = None
+
+
+def _config_model_type(path: Path) -> str | None:
+    config = path / "config.json"
+    if not config.is_file():
+        return None
+    return json.loads(config.read_text()).get("model_type")
+
+
+def load_backbone(
+    name_or_path: str | os.PathLike | None,
+    adapter: str | os.PathLike | None = None,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    role: str = "retrieval",
+) -> Backbone:
+    """A backbone from a Qwen-VL checkpoint (dir or hub id), a full compact checkpoint, or the
+    light compact format (``lamra.json``); None means the shipped compact model."""
+    from lamra.backbones.compact import CompactBackbone
+    from lamra.backbones.qwen_vl import QwenVLBackbone
+
+    if name_or_path is None:
+        if not (SHIPPED_DIR / LIGHT_CONFIG).is_file():
+            raise FileNotFoundError(f"no shipped model at {SHIPPED_DIR}; pass a checkpoint path")
+        name_or_path = SHIPPED_DIR
+    path = Path(name_or_path)
+    if (path / LIGHT_CONFIG).is_file():
+        from lamra.checkpoints import load_light_compact
+
+        return load_light_compact(path, role=role, device=device, dtype=dtype)
+    model_type = _config_model_type(path) if path.is_dir() else None
+    if model_type == "lamra_compact":
+        return CompactBackbone.from_pretrained(path, adapter=adapter, dtype=dtype, device=device)
+    if model_type in (None, "qwen2_vl", "qwen2_5_vl"):
+        # a hub id (None here) or a local Qwen-VL directory; transformers says what is wrong otherwise
+        return QwenVLBackbone.from_pretrained(str(name_or_path), adapter=adapter, dtype=dtype, device=device)
+    raise ValueError(f"{str(path)!r} is a {model_type!r} checkpoint; LamRA loads Qwen2-VL, Qwen2.5-VL or compact")
+
+
+class LamRA:
+    """A universal retrieval assistant: ``encode`` anything, ``search`` a corpus, ``rerank`` hits.
+
+    >>> model = LamRA.from_pretrained()
+    >>> vectors = model.encode(["a grinning face", Path("cat.png"), ("a red one", image)])
+    >>> hits = model.search(["smiling cat"], corpus=[...], top_k=5)
+    """
+
+    def __init__(self, backbone: Backbone, reranker_backbone: Backbone | None = None, precision: str = "auto"):
+        self.backbone = backbone
+        self.retriever = Retriever(backbone, precision=precision)
+        self.reranker = Reranker(reranker_backbone, precision=precision) if reranker_backbone else None
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | os.PathLike | None = None,
+        *,
+        adapter: str | os.PathLike | None = None,
+        reranker: str | os.PathLike | None = None,
+        reranker_adapter: str | os.PathLike | None = None,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+        precision: str = "auto",
+    ) -> LamRA:
+        """Load LamRA-Ret (and LamRA-Rank when ``reranker`` is given or the checkpoint has one).
+
+        ``name_or_path``: None for the shipped compact model; a Qwen2-VL/Qwen2.5-VL directory or hub id
+        (e.g. ``code-kunkun/LamRA-Ret``); or a compact checkpoint directory. ``precision``: "auto"
+        uses bf16 autocast where the hardware supports it, "fp32" never does.
+        """
+        backbone = load_backbone(name_or_path, adapter=adapter, device=device, dtype=dtype)
+        rank_backbone = None
+        if reranker is not None or reranker_adapter is not None:
+            rank_backbone = load_backbone(
+                reranker or name_or_path, adapter=reranker_adapter, device=device, dtype=dtype, role="rank"
+            )
+        elif name_or_path is None or (Path(name_or_path) / LIGHT_CONFIG).is_file():
+            from lamra.checkpoints import has_rank_adapter
+
+            source = SHIPPED_DIR if name_or_path is None else Path(name_or_path)
+            if has_rank_adapter(source):
+                rank_backbone = load_backbone(source, device=device, dtype=dtype, role="rank")
+        return cls(backbone, rank_backbone, precision=precision)
+
+    # --- LamRA-Ret -------------------------------------------------------------------------------
+    def encode(
+        self,
+        items: Sequence[Any],
+        instruction: str | Sequence[str | None] | None = None,
+        batch_size: int = 16,
+        show_progress: bool = False,
+        image_root: str | os.PathLike | None = None,
+        convert_to_numpy: bool = True,
+    ) -> np.ndarray:
+        """Embed strings, images (PIL or ``pathlib.Path``), (text, image) pairs, M-BEIR records and
+        interleaved lists; L2-normalised float32 rows in input order. ``instruction`` (one, or one
+        per item) is prefixed to each item's text, as LamRA does for queries."""
+        return self.retriever.encode(
+            items,
+            instruction=instruction,
+            batch_size=batch_size,
+            show_progress=show_progress,
+            image_root=image_root,
+            convert_to_numpy=convert_to_numpy,
+        )
+
+    def search(
+        self,
+        queries: Sequence[Any],
+        corpus: Sequence[Any] | None = None,
+        *,
+        index=None,
+        top_k: int = 10,
+        instruction: str | None = None,
+        rerank: str | None = None,
+        rerank_top_k: int = 10,
+        rerank_weight: float = 1.0,
+        batch_size: int = 16,
+        show_progress: bool = False,
+    ) -> list[list[Hit]]:
+        """Top-k hits for each query, from an in-memory ``corpus`` or a saved ``index``
+        (:class:`lamra.index.VectorIndex`). ``rerank`` ("pointwise" or "listwise") reranks the first
+        ``rerank_top_k`` hits and sorts them by retrieval + ``rerank_weight`` * rerank score."""
+        if (corpus is None) == (index is None):
+            raise InputError("search needs exactly one of corpus= or index=")
+        query_vectors = self.encode(queries, instruction=instruction, batch_size=batch_size, show_progress=show_progress)
+        if index is None:
+            if rerank and corpus is None:
+                raise InputError("reranking needs the corpus items")
+            corpus_vectors = self.encode(corpus, batch_size=batch_size, show_progress=show_progress)
+            scores = query_vectors @ corpus_vectors.T
+            k = min(top_k, len(corpus))
+            top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+            results = [
+                [Hit(int(j), float(scores[q, j]), corpus[j]) for j in row] for q, row in enumerate(top)
+            ]
+        else:
+            found_scores, found_ids = index.search(query_vectors, top_k)
+            results = [
+                [Hit(did, float(s)) for did, s in zip(ids, row, strict=False)]
+                for ids, row in zip(found_ids, found_scores, strict=True)
+            ]
+        if rerank:
+            for query, hits in zip(queries, results, strict=True):
+                head = hits[:rerank_top_k]
+                if head and head[0].item is None:
+                    raise InputError("reranking hits from an index needs their items; use rerank()")
+                hits[: len(head)] = self.rerank(
+                    query, [h.item for h in head], retrieval_scores=[h.score for h in head],
+                    mode=rerank, weight=rerank_weight, ids=[h.id for h in head],
+                )
+        return results
+
+    # --- LamRA-Rank ------------------------------------------------------------------------------
+    def rerank(
+        self,
+        query: Any,
+        candidates: Sequence[Any],
+        *,
+        retrieval_scores: Sequence[float] | None = None,
+        mode: str = "pointwise",
+        weight: float = 1.0,
+        window: int = 5,
+        ids: Sequence[Any] | None = None,
+        image_root: str | os.PathLike | None = None,
+    ) -> list[Hit]:
+        """Score candidates for a query with LamRA-Rank; returns hits sorted best first. With
+        ``retrieval_scores`` the score is their fusion (retrieval + weight * rerank)."""
+        if self.reranker is None:
+            raise RuntimeError("this model has no reranker; load one with from_pretrained(reranker=...)")
+        if mode not in ("pointwise", "listwise"):
+            raise InputError(f"rerank mode must be 'pointwise' or 'listwise', got {mode!r}")
+        try:
+            query_segments = to_segments(query, image_root)
+        except InputError as error:
+            raise InputError(f"query ({query!r:.80}): {error}") from None
+        cand_segments = to_segment_batch(candidates, image_root=image_root, what="candidate")
+        if mode == "pointwise":
+            rerank_scores = self.reranker.pointwise(query_segments, cand_segments)
+        else:
+            rerank_scores = self.reranker.listwise(query_segments, cand_segments, window=window)
+        base = np.zeros(len(candidates)) if retrieval_scores is None else np.asarray(retrieval_scores)
+        final = fuse(base, rerank_scores, weight) if retrieval_scores is not None else rerank_scores
+        ids = list(range(len(candidates))) if ids is None else list(ids)
+        hits = [
+            Hit(ids[i], float(final[i]), candidates[i],
+                None if retrieval_scores is None else float(base[i]), float(rerank_scores[i]))
+            for i in range(len(candidates))
+        ]
+        return sorted(hits, key=lambda h: -h.score)

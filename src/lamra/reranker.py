@@ -1,0 +1,104 @@
+"""LamRA-Rank: scoring retrieved candidates with the LMM, and fusing the scores with retrieval.
+
+- Pointwise: the prompt shows the query and one candidate; the score is P("Yes") from a softmax over
+  the {Yes, No} logits of the first answer token.
+- Listwise: the candidates are numbered ``(1)..(n)``; the prompt ends at ``Ans: (`` and each
+  candidate's score is the probability of its number (softmax over the numbers 1..n). Longer lists are
+  scored in windows of at most ``window`` candidates.
+- Fusion: final = retrieval score + w * rerank score.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from lamra.backbones.base import Backbone
+from lamra.items import Segment
+from lamra.prompts import (
+    LISTWISE_ANSWER_PREFIX,
+    MAX_RERANK_TEXT_TOKENS,
+    NO,
+    YES,
+    listwise_messages,
+    pointwise_messages,
+)
+from lamra.retriever import autocast_for
+
+MAX_LISTWISE_WINDOW = 9  # "1".."9" are single tokens in both tokenizers; "10" is not
+
+
+def single_token_id(backbone: Backbone, text: str) -> int:
+    ids = backbone.tokenize(text)
+    if len(ids) != 1:
+        raise ValueError(f"{text!r} is not a single token for this tokenizer: {ids}")
+    return ids[0]
+
+
+class Reranker:
+    """Scores (query, candidate) pairs with a backbone trained as LamRA-Rank."""
+
+    def __init__(self, backbone: Backbone, precision: str = "auto", max_text_tokens: int = MAX_RERANK_TEXT_TOKENS):
+        self.backbone = backbone
+        self.precision = precision
+        self.max_text_tokens = max_text_tokens
+        self.yes_id = single_token_id(backbone, YES)
+        self.no_id = single_token_id(backbone, NO)
+        self.number_ids = [single_token_id(backbone, str(n)) for n in range(1, MAX_LISTWISE_WINDOW + 1)]
+
+    def _cut(self, segments: list[Segment]) -> list[Segment]:
+        return [
+            self.backbone.truncate_text(s, self.max_text_tokens) if isinstance(s, str) else s
+            for s in segments
+        ]
+
+    @torch.no_grad()
+    def _next_token_logits(self, conversations, assistant_prefix: str = "") -> torch.Tensor:
+        backbone = self.backbone
+        inputs = backbone.build_inputs(
+            conversations, add_generation_prompt=True, assistant_prefix=assistant_prefix, padding_side="left"
+        )
+        with autocast_for(backbone.device, self.precision):
+            hidden = backbone.hidden_states(inputs)[:, -1]  # left padding: the last token is real
+            return backbone.logits_at(hidden).float()
+
+    def pointwise(
+        self, query: list[Segment], candidates: Sequence[list[Segment]], batch_size: int = 8
+    ) -> np.ndarray:
+        """P("Yes") for each candidate, restricted to {Yes, No}."""
+        query = self._cut(query)
+        scores = []
+        for start in range(0, len(candidates), batch_size):
+            chunk = candidates[start : start + batch_size]
+            conversations = [pointwise_messages(query, self._cut(c)) for c in chunk]
+            logits = self._next_token_logits(conversations)
+            pair = logits[:, [self.yes_id, self.no_id]]
+            scores.append(pair.softmax(dim=-1)[:, 0])
+        return torch.cat(scores).cpu().numpy() if scores else np.zeros(0, np.float32)
+
+    def listwise(self, query: list[Segment], candidates: Sequence[list[Segment]], window: int = 5) -> np.ndarray:
+        """Each candidate's probability of being the answer within its window of ``window``."""
+        if not 1 <= window <= MAX_LISTWISE_WINDOW:
+            raise ValueError(f"listwise window must be 1..{MAX_LISTWISE_WINDOW}, got {window}")
+        query = self._cut(query)
+        scores = []
+        for start in range(0, len(candidates), window):
+            chunk = [self._cut(c) for c in candidates[start : start + window]]
+            logits = self._next_token_logits([listwise_messages(query, chunk)], LISTWISE_ANSWER_PREFIX)
+            numbers = logits[0, self.number_ids[: len(chunk)]]
+            scores.append(numbers.softmax(dim=-1))
+        return torch.cat(scores).cpu().numpy() if scores else np.zeros(0, np.float32)
+
+
+def fuse(retrieval_scores: np.ndarray, rerank_scores: np.ndarray, weight: float = 1.0) -> np.ndarray:
+    """final = retrieval + w * rerank (the official fusion)."""
+    return np.asarray(retrieval_scores, np.float32) + weight * np.asarray(rerank_scores, np.float32)
+
+
+# The official fusion weights for the Qwen2-VL checkpoints (w = 1 unless listed).
+OFFICIAL_FUSION_WEIGHTS = {("mscoco", 0): 0.5, ("mscoco", 3): 0.1}
+OFFICIAL_ITM_WEIGHT = 0.1
+OFFICIAL_POINTWISE_TOP_K = 50
+OFFICIAL_ZERO_SHOT_TOP_K = 10

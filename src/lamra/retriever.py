@@ -1,0 +1,125 @@
+"""LamRA-Ret: where the embedding is taken.
+
+An item becomes one conversation (its segments, "Summarize above ... in one word: ", then the
+assistant turn ``<emb>.``); its embedding is the last-layer hidden state at the position just before
+``<emb>``, L2-normalised. Cosine similarity between such vectors ranks candidates.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from lamra.backbones.base import Backbone
+from lamra.items import InputError, Segment, to_segment_batch, with_instruction
+from lamra.prompts import MAX_TEXT_TOKENS, embedding_messages
+
+# A rough cost of one image in the length sort (visual tokens outweigh its placeholder text).
+IMAGE_SORT_WEIGHT = 64
+
+
+def bf16_supported(device: torch.device) -> bool:
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return False
+
+
+def autocast_for(device: torch.device, precision: str):
+    """``precision``: "fp32", "bf16" or "auto" (bf16 autocast where the hardware has it)."""
+    if precision not in ("auto", "bf16", "fp32"):
+        raise ValueError(f"precision must be 'auto', 'bf16' or 'fp32', got {precision!r}")
+    use_bf16 = precision == "bf16" or (precision == "auto" and bf16_supported(device))
+    if not use_bf16:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+def pool_before_emb(hidden: torch.Tensor, input_ids: torch.Tensor, emb_token_id: int) -> torch.Tensor:
+    """Each row's hidden state at the token just before its (last) ``<emb>``; found by id, not by
+    position, so left and right padding give the same vector."""
+    is_emb = input_ids == emb_token_id
+    if not bool(is_emb.any(dim=1).all()):
+        rows = (~is_emb.any(dim=1)).nonzero().flatten().tolist()
+        raise ValueError(f"no <emb> token in batch rows {rows} (truncated input?)")
+    width = input_ids.shape[1]
+    last_emb = width - 1 - is_emb.flip(dims=[1]).int().argmax(dim=1)
+    return hidden[torch.arange(hidden.shape[0], device=hidden.device), last_emb - 1]
+
+
+def embed_conversations(backbone: Backbone, conversations: list, padding_side: str = "left") -> torch.Tensor:
+    """Unnormalised embeddings of ready-made conversations (trainers call this with gradients on)."""
+    inputs = backbone.build_inputs(conversations, padding_side=padding_side)
+    hidden = backbone.hidden_states(inputs)
+    return pool_before_emb(hidden, inputs["input_ids"].to(hidden.device), backbone.emb_token_id)
+
+
+def sort_key(segments: list[Segment]) -> int:
+    return sum(len(s) if isinstance(s, str) else IMAGE_SORT_WEIGHT for s in segments)
+
+
+class Retriever:
+    """Encodes items with a backbone. Used through :class:`lamra.LamRA`."""
+
+    def __init__(self, backbone: Backbone, precision: str = "auto", max_text_tokens: int = MAX_TEXT_TOKENS):
+        self.backbone = backbone
+        self.precision = precision
+        self.max_text_tokens = max_text_tokens
+
+    def prepare(self, segments: list[Segment], instruction: str | None) -> list[dict[str, Any]]:
+        """The LamRA-Ret conversation of one item (instruction prefixed, text cut to 480 tokens)."""
+        segments = with_instruction(segments, instruction)
+        segments = [
+            self.backbone.truncate_text(s, self.max_text_tokens) if isinstance(s, str) else s
+            for s in segments
+        ]
+        return embedding_messages(segments)
+
+    @torch.no_grad()
+    def encode(
+        self,
+        items: Sequence[Any],
+        instruction: str | Sequence[str | None] | None = None,
+        batch_size: int = 16,
+        show_progress: bool = False,
+        image_root=None,
+        convert_to_numpy: bool = True,
+    ) -> np.ndarray | torch.Tensor:
+        """L2-normalised embeddings, one row per item, in input order (float32)."""
+        segments = to_segment_batch(items, image_root=image_root)
+        instructions = _per_item(instruction, len(segments))
+        order = sorted(range(len(segments)), key=lambda i: -sort_key(segments[i]))
+        vectors: list[torch.Tensor] = [None] * len(segments)  # type: ignore[list-item]
+        self.backbone.model.eval()
+        progress = tqdm(total=len(order), desc="encode", unit="item", disable=not show_progress)
+        with autocast_for(self.backbone.device, self.precision):
+            for start in range(0, len(order), batch_size):
+                chunk = order[start : start + batch_size]
+                conversations = [self.prepare(segments[i], instructions[i]) for i in chunk]
+                embeddings = F.normalize(embed_conversations(self.backbone, conversations).float(), dim=-1)
+                for i, vector in zip(chunk, embeddings.cpu(), strict=True):
+                    vectors[i] = vector
+                progress.update(len(chunk))
+        progress.close()
+        if not vectors:
+            dim = self.backbone.hf_model.config.get_text_config().hidden_size
+            result = torch.empty((0, dim))
+        else:
+            result = torch.stack(vectors)
+        return result.numpy() if convert_to_numpy else result
+
+
+def _per_item(instruction, count: int) -> list[str | None]:
+    if instruction is None or isinstance(instruction, str):
+        return [instruction] * count
+    instructions = list(instruction)
+    if len(instructions) != count:
+        raise InputError(f"got {len(instructions)} instructions for {count} items")
+    return instructions
