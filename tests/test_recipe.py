@@ -1,0 +1,136 @@
+"""Recipes (YAML -> checked Recipe) and the step schedule they drive (lr, steps, batch order)."""
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from lamra.train.recipe import (
+    REPO_RECIPES_DIR,
+    Recipe,
+    RecipeError,
+    load_recipe,
+    parse_override,
+    recipe_from_dict,
+    save_recipe,
+)
+from lamra.train.schedule import BatchOrder, cosine_lr_factor, cosine_with_warmup, count_training_steps
+
+SHIPPED = sorted(REPO_RECIPES_DIR.glob("*.yaml"))
+
+
+def test_every_shipped_recipe_loads():
+    names = {path.stem for path in SHIPPED}
+    expected = {f"qwen2vl-{s}" for s in ("stage1", "stage2", "rank")}
+    expected |= {f"compact-{s}" for s in ("stage0", "stage1", "stage2", "rank")}
+    expected |= {f"smoke-{s}" for s in ("stage0", "stage1", "stage2", "rank")}
+    assert expected <= names
+    for path in SHIPPED:
+        recipe = load_recipe(path)
+        assert recipe.name == path.stem
+        assert recipe.stage == path.stem.split("-")[-1]  # e.g. smoke-qwen2vl-rank -> rank
+
+
+def test_qwen_recipes_carry_the_papers_values():
+    stage1, stage2, rank = (load_recipe(f"qwen2vl-{s}") for s in ("stage1", "stage2", "rank"))
+    assert (stage1.lora_r, stage1.lora_alpha, stage1.lr, stage1.epochs) == (64, 128, 2e-4, 2)
+    assert (stage2.lora_r, stage2.lora_alpha, stage2.lr, stage2.epochs) == (128, 256, 1e-4, 1)
+    assert (rank.lora_r, rank.lora_alpha, rank.lr, rank.epochs, rank.max_length) == (128, 256, 2e-5, 1, 2048)
+    for recipe in (stage1, stage2, rank):
+        assert (recipe.temperature, recipe.warmup_ratio, recipe.weight_decay, recipe.bf16) == (0.05, 0.03, 0.0, True)
+        assert recipe.backbone == "qwen2-vl" and recipe.max_steps is None
+    assert stage1.hard_negatives == 0 and stage2.init_from
+
+
+def test_compact_and_smoke_recipes_fit_their_budgets():
+    seconds_per_step = 7.0  # batch 48 on 2 cores (ASSETS.md): budgets scale with batch size
+    budgets_min = {"stage0": 10, "stage1": 25, "stage2": 35, "rank": 30}
+    for stage, minutes in budgets_min.items():
+        compact = load_recipe(f"compact-{stage}")
+        assert compact.backbone == "compact" and compact.lora_r <= 16
+        estimate = compact.max_steps * seconds_per_step * compact.batch_size / 48
+        assert estimate <= minutes * 60, (stage, estimate)
+        smoke = load_recipe(f"smoke-{stage}")
+        assert smoke.max_steps * smoke.batch_size <= 128 and smoke.save_every < smoke.max_steps
+
+
+def test_unknown_keys_and_bad_values_name_the_key_and_file(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text("stage: stage1\nlearning_rate: 1e-4\n")
+    with pytest.raises(RecipeError, match=r"mine\.yaml: unknown key 'learning_rate'"):
+        load_recipe(path)
+    for text, message in [
+        ("stage: stage1\nbatch_size: 4.5\n", "batch_size must be an integer"),
+        ("stage: stage1\nlr: fast\n", "lr must be a number"),
+        ("stage: stage1\nbf16: maybe\n", "bf16 must be true/false"),
+        ("stage: stage3\n", "stage must be one of"),
+        ("lr: 1.0e-4\n", "missing key 'stage'"),
+        ("stage: stage0\nbackbone: qwen2-vl\n", "only for the compact backbone"),
+        ("stage: stage1\nlora_dropout: 1.5\n", "lora_dropout"),
+        ("- just\n- a list\n", "mapping"),
+        ("stage: [unclosed\n", "not valid YAML"),
+    ]:
+        path.write_text(text)
+        with pytest.raises(RecipeError, match=message) as error:
+            load_recipe(path)
+        assert str(path) in str(error.value)
+    with pytest.raises(RecipeError, match="not found"):
+        load_recipe(tmp_path / "nowhere.yaml")
+
+
+def test_values_are_normalised(tmp_path, monkeypatch):
+    monkeypatch.setenv("LAMRA_HOME", str(tmp_path / "home"))
+    recipe = recipe_from_dict({"stage": 2, "lr": "2e-4", "epochs": 1, "train_data": "$LAMRA_HOME/q.jsonl"})
+    assert recipe.stage == "stage2"
+    assert recipe.lr == 2e-4 and isinstance(recipe.lr, float)  # YAML 1.1 reads 2e-4 as a string
+    assert isinstance(recipe.epochs, float)
+    assert recipe.train_data == str(tmp_path / "home" / "q.jsonl")
+    assert recipe_from_dict({"stage": "rank", "model": "Qwen/Qwen2-VL-7B-Instruct"}).model == "Qwen/Qwen2-VL-7B-Instruct"
+
+
+def test_overrides_and_saving_round_trip(tmp_path):
+    key, value = parse_override("lr=3e-4")
+    assert (key, value) == ("lr", "3e-4")
+    recipe = load_recipe("smoke-stage1", overrides=dict([parse_override("max_steps=3"), (key, value)]))
+    assert (recipe.max_steps, recipe.lr) == (3, 3e-4)
+    assert recipe.run_dir == Path("runs/smoke-stage1")
+    save_recipe(recipe, tmp_path / "run" / "recipe.yaml")
+    assert load_recipe(tmp_path / "run" / "recipe.yaml") == recipe
+    with pytest.raises(RecipeError, match="key=value"):
+        parse_override("max_steps")
+    assert isinstance(recipe, Recipe)
+
+
+def test_cosine_schedule_with_warmup():
+    parameter = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([parameter], lr=2.0)
+    scheduler = cosine_with_warmup(optimizer, total_steps=100, warmup_ratio=0.03)
+    lrs = []
+    for _ in range(100):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step(), scheduler.step()
+    assert lrs[:4] == pytest.approx([0.0, 2 / 3, 4 / 3, 2.0])  # ceil(3) warmup steps
+    assert lrs[3 + 97 // 2] == pytest.approx(2.0 * 0.5 * (1 + math.cos(math.pi * (97 // 2) / 97)))
+    assert all(a >= b for a, b in zip(lrs[3:], lrs[4:])) and lrs[-1] < 0.01
+    assert cosine_lr_factor(100, 100, 3) == pytest.approx(0.0)
+    assert cosine_lr_factor(100, 100, 3, min_lr_ratio=0.1) == pytest.approx(0.1)
+
+
+def test_step_counts():
+    assert count_training_steps(1000, 48, epochs=2) == 40  # 20 full batches per epoch
+    assert count_training_steps(1000, 48, epochs=2, max_steps=7) == 7
+    with pytest.raises(ValueError, match="no training steps"):
+        count_training_steps(10, 48)
+
+
+def test_batch_order_is_a_function_of_seed_and_step():
+    order = BatchOrder(num_examples=10, global_batch_size=4, seed=3, num_ranks=2)
+    assert order.steps_per_epoch == 2
+    epoch0 = order.global_indices(0) + order.global_indices(1)
+    assert len(set(epoch0)) == 8  # no repeats within an epoch; 2 examples dropped
+    assert order.global_indices(2) != order.global_indices(0)  # a new permutation per epoch
+    assert BatchOrder(10, 4, seed=3, num_ranks=2).global_indices(5) == order.global_indices(5)
+    assert order.rank_indices(1, 0) + order.rank_indices(1, 1) == order.global_indices(1)
+    with pytest.raises(ValueError, match="split evenly"):
+        BatchOrder(10, 5, seed=0, num_ranks=2)
