@@ -1,0 +1,317 @@
+"""lamra.evaluate.runner end to end on a hand-made M-BEIR-format directory, with a hashing encoder."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lamra.data.mbeir import InstructionRow, write_instructions, write_jsonl, write_qrels
+from lamra.evaluate.metrics import evaluate_run, recall_ks_for
+from lamra.evaluate.runner import (
+    RerankMethod,
+    choose_rerank_weights,
+    evaluate_mbeir,
+    load_results,
+    pick_instruction,
+    sweep_rerank_weights,
+    write_report,
+)
+from lamra.evaluate.tables import results_page, retrieval_table, write_markdown
+from lamra.evaluate.trec import trec_eval_means
+
+CONCEPTS = ["apple", "banana", "cherry", "dog", "cat", "fish", "tree", "house", "car", "boat", "star", "moon"]
+COLOURS = ["red", "blue", "green", "black", "white"]
+GARMENTS = ["dress", "shirt", "skirt", "coat", "scarf"]
+STOPWORDS = {"a", "an", "the", "of", "with", "it", "make", "version", "what", "is", "has", "this", "that"}
+
+
+def _query(qid, task_id, modality, txt=None, img=None, positives=()):
+    return {"qid": qid, "query_txt": txt, "query_img_path": img, "query_modality": modality,
+            "query_src_content": None, "pos_cand_list": list(positives), "neg_cand_list": [], "task_id": task_id}
+
+
+def _cand(did, modality, txt=None, img=None):
+    return {"txt": txt, "img_path": img, "modality": modality, "did": did, "src_content": None}
+
+
+def build_toy_mbeir(root: Path) -> Path:
+    """Four tasks (t->i, t->t, (i,t)->i and FashionIQ-like (i,t)->i), val and test, local + global pools."""
+    pools = {
+        ("toyname", 0): [_cand(f"10:{i}", "image", img=f"images/google/{c}.png") for i, c in enumerate(CONCEPTS)],
+        ("toypassage", 1): [_cand(f"11:{i}", "text", txt=f"{c}: {'a pet animal' if c in ('dog', 'cat') else 'a thing'} called {c}")
+                            for i, c in enumerate(CONCEPTS)],
+        ("toyvariant", 7): [_cand(f"16:{i}", "image", img=f"images/twitter/{c}.png") for i, c in enumerate(CONCEPTS)],
+        ("fashioniq", 7): [_cand(f"7:{i * 5 + j}", "image", img=f"images/fashion/{colour}_{garment}.png")
+                           for i, colour in enumerate(COLOURS) for j, garment in enumerate(GARMENTS)],
+    }
+    did_of = {c: i for i, c in enumerate(CONCEPTS)}
+    queries = {
+        ("toyname", 0, "test"): [_query(f"10:{n}", 0, "text", txt=f"a photo of the {c}", positives=[f"10:{did_of[c]}"])
+                                 for n, c in enumerate(["apple", "dog", "moon", "boat"])]
+                                + [_query("10:4", 0, "text", txt="a cat next to a dog", positives=["10:4"])],
+        ("toyname", 0, "val"): [_query(f"10:{n}", 0, "text", txt=f"the {c}", positives=[f"10:{did_of[c]}"])
+                                for n, c in zip(range(10, 13), ["banana", "fish", "car"])],
+        ("toypassage", 1, "test"): [_query("11:0", 1, "text", txt="which pet animal", positives=["11:3", "11:4"]),
+                                    _query("11:1", 1, "text", txt="something called tree", positives=["11:6"]),
+                                    _query("11:2", 1, "text", txt="a thing", positives=["11:10"])],
+        ("toypassage", 1, "val"): [_query("11:10", 1, "text", txt="called star", positives=["11:10"])],
+        ("toyvariant", 7, "test"): [_query("16:0", 7, "image,text", txt="the dog version", img="images/google/cat.png",
+                                           positives=["16:3"]),
+                                    _query("16:1", 7, "image,text", txt="now a house", img="images/google/tree.png",
+                                           positives=["16:7"])],
+        ("toyvariant", 7, "val"): [_query("16:5", 7, "image,text", txt="a moon", img="images/google/star.png",
+                                          positives=["16:11"])],
+        ("fashioniq", 7, "test"): [_query("7:0", 7, "image,text", txt="make it red", img="images/fashion/blue_dress.png",
+                                          positives=["7:0"]),
+                                   _query("7:1", 7, "image,text", txt="green with a coat", img="images/fashion/white_shirt.png",
+                                          positives=["7:13"])],
+        ("fashioniq", 7, "val"): [_query("7:5", 7, "image,text", txt="make it black", img="images/fashion/red_scarf.png",
+                                         positives=["7:19"])],
+    }
+    for (name, task), candidates in pools.items():
+        write_jsonl(root / f"cand_pool/local/mbeir_{name}_task{task}_cand_pool.jsonl", candidates)
+    everything = [c for candidates in pools.values() for c in candidates]
+    for split in ("val", "test"):
+        write_jsonl(root / f"cand_pool/global/mbeir_union_{split}_cand_pool.jsonl", everything)
+    for (name, task, split), records in queries.items():
+        write_jsonl(root / f"query/{split}/mbeir_{name}_task{task}_{split}.jsonl", records)
+        write_qrels(root / f"qrels/{split}/mbeir_{name}_task{task}_{split}_qrels.txt",
+                    {q["qid"]: q["pos_cand_list"] for q in records}, task)
+    write_instructions(root / "instructions/query_instructions.tsv", [
+        InstructionRow("text", "image", "ToyName", "10", ["find the picture", "show an image of this", "retrieve a photo"]),
+        InstructionRow("text", "text", "ToyPassage", "11", ["find the passage", "retrieve a definition"]),
+        InstructionRow("image,text", "image", "ToyVariant", "16", ["change the picture as asked", "find the edited image"]),
+        InstructionRow("image,text", "image", "FashionIQ", "7", ["find the garment described", "shop for this"]),
+    ])
+    return root
+
+
+class HashingEncoder:
+    """A bag of hashed words: text words, plus the words of an image's file name ("red_dress" -> red,
+    dress). Deterministic and instant; it records the instruction each item was encoded with."""
+
+    name = "hashing-encoder"
+
+    def __init__(self, dims: int = 256, supported_modalities=None):
+        self.dims = dims
+        if supported_modalities is not None:
+            self.supported_modalities = set(supported_modalities)
+        self.instruction_of: dict[tuple[str, str], str | None] = {}
+        self.texts: dict[tuple[str, str], str | None] = {}
+        self.candidate_calls = 0
+
+    def _tokens(self, item) -> list[str]:
+        if isinstance(item, str):
+            item = {"txt": item}
+        words = re.findall(r"[a-z]+", (item.get("txt") or "").lower())
+        if item.get("img_path"):
+            words += Path(item["img_path"]).stem.split("_")
+        return [w for w in words if w not in STOPWORDS]
+
+    def encode(self, items, instruction=None, batch_size=32, show_progress=False, image_root=None):
+        vectors = np.zeros((len(items), self.dims), np.float32)
+        vectors[:, 0] = 0.01  # never a zero vector
+        for row, item in enumerate(items):
+            if isinstance(item, dict):
+                key = ("query", item["qid"]) if "qid" in item else ("candidate", item.get("did"))
+                self.instruction_of[key] = instruction
+                self.texts[key] = f"{instruction} {item['txt']}" if instruction else item["txt"]
+            for word in self._tokens(item):
+                vectors[row, 1 + int(hashlib.md5(word.encode()).hexdigest(), 16) % (self.dims - 1)] += 1.0
+        if items and isinstance(items[0], dict) and "did" in items[0]:
+            self.candidate_calls += 1
+        return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+@pytest.fixture(scope="module")
+def toy_root(tmp_path_factory):
+    return build_toy_mbeir(tmp_path_factory.mktemp("toy_mbeir"))
+
+
+def oracle_reranker(query, candidates, retrieval_scores):
+    """Scores 1 for the query's positives (looked up from the toy qrels), 0 otherwise."""
+    return [1.0 if c["did"] in ORACLE_POSITIVES[query["qid"]] else 0.0 for c in candidates]
+
+
+ORACLE_POSITIVES: dict[str, set[str]] = {}
+
+
+@pytest.fixture(scope="module")
+def report(toy_root):
+    for split in ("val", "test"):
+        for qrels_file in (toy_root / "qrels" / split).glob("*.txt"):
+            for line in qrels_file.read_text().splitlines():
+                qid, _, did, *_ = line.split()
+                ORACLE_POSITIVES.setdefault(qid, set()).add(did)
+    return evaluate_mbeir(HashingEncoder(), toy_root, method="hashing", pools=("local", "global"), batch_size=4,
+                          rerankers=[RerankMethod("hashing + oracle", oracle_reranker, top_k=10)],
+                          show_progress=False)
+
+
+def brute_force_metrics(encoder, toy_root, task_key, pool_file, ks):
+    """Expected numbers, computed without the index, the grouping or the runner's items."""
+    name, task = task_key.rsplit("_task", 1)
+    queries = [json.loads(line) for line in (toy_root / f"query/test/mbeir_{name}_task{task}_test.jsonl").read_text().splitlines()]
+    pool = [json.loads(line) for line in (toy_root / pool_file).read_text().splitlines()]
+    q = encoder.encode([{"txt": x["query_txt"], "img_path": x["query_img_path"]} for x in queries])
+    c = encoder.encode([{"txt": x["txt"], "img_path": x["img_path"]} for x in pool])
+    scores = q @ c.T
+    run = {}
+    for row, query in enumerate(queries):
+        # best score first; equal scores by did, descending (trec_eval's rule, which the runner follows)
+        order = sorted(range(len(pool)), key=lambda j: pool[j]["did"], reverse=True)
+        order.sort(key=lambda j: round(float(scores[row, j]), 5), reverse=True)
+        run[query["qid"]] = [pool[j]["did"] for j in order]
+    return run, {x["qid"]: set(x["pos_cand_list"]) for x in queries}
+
+
+def test_every_task_and_pool_is_scored_with_its_datasets_cutoffs(report):
+    keys = {(r.method, r.pool, r.task.key) for r in report.results}
+    assert len(keys) == len(report.results) == 2 * 2 * 4
+    fashion = report.result("hashing", "local", "fashioniq_task7")
+    assert set(fashion.metrics) == {"R@10", "R@20", "R@50", "MAP@5", "queries"}
+    assert set(report.result("hashing", "local", "toyname_task0").metrics) == {"R@1", "R@5", "R@10", "MAP@5", "queries"}
+    # the t->i task is easy for bag-of-words: four exact names, and one query naming two concepts
+    assert report.result("hashing", "local", "toyname_task0").metrics["R@5"] == 1.0
+
+
+def test_numbers_match_a_brute_force_computation(report, toy_root):
+    encoder = HashingEncoder()
+    for key, pool_file in [("toyname_task0", "cand_pool/local/mbeir_toyname_task0_cand_pool.jsonl"),
+                           ("toypassage_task1", "cand_pool/global/mbeir_union_test_cand_pool.jsonl")]:
+        pool = "local" if "local" in pool_file else "global"
+        run, qrels = brute_force_metrics(encoder, toy_root, key, pool_file, (1, 5, 10))
+        expected = evaluate_run(run, qrels, recall_ks=recall_ks_for(key.split("_")[0]))
+        got = report.result("hashing", pool, key).metrics
+        for name in ("R@1", "R@5", "R@10", "MAP@5"):
+            assert got[name] == pytest.approx(expected[name]), (key, name)
+
+
+def test_instructions_are_seeded_per_query_and_passed_to_the_encoder(toy_root):
+    from lamra.data.mbeir import MBEIRDataset
+
+    data = MBEIRDataset(toy_root)
+    queries = list(data.queries("test", "toyname", 0))
+    picks = [pick_instruction(data, q, "image", seed=0) for q in queries]
+    assert picks == [pick_instruction(data, q, "image", seed=0) for q in reversed(queries)][::-1]
+    assert all(p in {"Find the picture.", "Show an image of this.", "Retrieve a photo."} for p in picks)
+    other_seeds = {pick_instruction(data, queries[0], "image", seed=s) for s in range(20)}
+    assert len(other_seeds) > 1
+    assert pick_instruction(data, queries[0], "image", choice="first") == "Find the picture."
+
+    encoder = HashingEncoder()
+    evaluate_mbeir(encoder, toy_root, tasks=["toyname"], show_progress=False)
+    # what the encoder joins, f"{instruction} {txt}", is the official query text
+    assert encoder.texts["query", "10:0"] == f"{picks[0]} a photo of the apple."
+    assert [encoder.instruction_of["query", q.qid] for q in queries] == picks
+    assert all(encoder.instruction_of["candidate", f"10:{i}"] is None for i in range(len(CONCEPTS)))
+
+
+def test_oracle_rerank_lifts_r1_to_the_retrieval_hit_rate_at_10(report):
+    for key in ("toyname_task0", "toypassage_task1", "toyvariant_task7"):
+        retrieval = report.result("hashing", "local", key)
+        reranked = report.result("hashing + oracle", "local", key)
+        assert reranked.metrics["R@1"] == pytest.approx(retrieval.metrics["R@10"])
+        assert reranked.rerank_weight == 1.0 and reranked.rerank_top_k == 10
+        assert reranked.seconds["rerank_per_query"] >= 0
+
+
+def test_rerank_fusion_keeps_the_tail_below_the_reranked_block(report):
+    result = report.result("hashing + oracle", "global", "fashioniq_task7")
+    for ranked in result.run.values():
+        scores = [score for _, score in ranked]
+        assert len(ranked) == 50 and scores == sorted(scores, reverse=True)
+
+
+def test_reranker_sees_the_instruction_in_the_query_text(toy_root):
+    seen = []
+
+    def spy(query, candidates, scores):
+        seen.append((query, candidates, list(scores)))
+        return np.zeros(len(candidates))
+
+    evaluate_mbeir(HashingEncoder(), toy_root, tasks=["toypassage"], show_progress=False,
+                   rerankers=[RerankMethod("spy", spy, top_k=3)])
+    query, candidates, scores = seen[0]
+    # as the official rerank data: format_mbeir_text(f"{instruction} {query_txt}")
+    assert query["txt"] == f"{query['instruction']} which pet animal."
+    assert len(candidates) == 3 and candidates[0]["txt"].endswith(".") and scores == sorted(scores, reverse=True)
+
+
+def test_trec_runs_rescored_by_trec_eval_give_the_json_numbers(report, toy_root, tmp_path):
+    json_path = write_report(report, tmp_path, command="pytest tests/test_eval_runner.py")
+    payload = load_results(json_path)
+    assert payload["command"].startswith("pytest") and payload["settings"]["instruction_choice"] == "random"
+    checked = 0
+    for entry in payload["results"]:
+        cutoffs = [int(name[2:]) for name in entry["metrics"] if name.startswith("R@")]
+        theirs = trec_eval_means(tmp_path / entry["run_file"], tmp_path / entry["qrels_file"],
+                                 ["success." + ",".join(map(str, cutoffs))])
+        for k in cutoffs:
+            assert theirs[f"success_{k}"] == pytest.approx(entry["metrics"][f"R@{k}"], abs=1e-12), entry["task"]
+        checked += 1
+    assert checked == 16
+
+
+def test_text_only_encoder_is_skipped_where_it_cannot_encode(toy_root):
+    report = evaluate_mbeir(HashingEncoder(supported_modalities={"text"}), toy_root, method="text-only",
+                            pools=("local", "global"), show_progress=False)
+    scored = {(r.pool, r.task.key) for r in report.results if r.metrics}
+    assert scored == {("local", "toypassage_task1")}  # the global pool holds images
+    skipped = report.result("text-only", "local", "toyname_task0").skipped
+    assert "cannot encode image items" in skipped
+    table = retrieval_table([r.to_json() for r in report.results], "local")
+    row = table.splitlines()[2].split("|")
+    assert row[1].strip() == "text-only" and row[2].strip() == "-" and row[-2].strip() == "-"  # Avg: "-"
+
+
+def test_weights_are_chosen_on_val_never_on_test(report, toy_root):
+    with pytest.raises(ValueError, match="never on test"):
+        sweep_rerank_weights(report, "hashing + oracle")
+
+    def anti_oracle(query, candidates, scores):
+        return [-1.0 if c["did"] in ORACLE_POSITIVES[query["qid"]] else 0.0 for c in candidates]
+
+    chosen, sweep = choose_rerank_weights(HashingEncoder(), toy_root, RerankMethod("anti", anti_oracle, top_k=10),
+                                          show_progress=False)
+    assert set(chosen.weights) == {"toyname_task0", "toypassage_task1", "toyvariant_task7", "fashioniq_task7"}
+    for key, by_weight in sweep.table.items():
+        assert by_weight[0.0] == max(by_weight.values())
+        if by_weight[4.0] < by_weight[0.0]:
+            assert chosen.weights[key] < 1.0  # a harmful reranker is turned down
+    oracle, _ = choose_rerank_weights(HashingEncoder(), toy_root, RerankMethod("oracle", oracle_reranker),
+                                      show_progress=False)
+    assert all(w >= 0.1 for w in oracle.weights.values())
+    assert oracle.weight_for("unknown_task") == 1.0
+
+
+def test_index_cache_is_reused(toy_root, tmp_path):
+    first = HashingEncoder()
+    evaluate_mbeir(first, toy_root, tasks=["toyname"], index_dir=tmp_path, show_progress=False)
+    again = HashingEncoder()
+    evaluate_mbeir(again, toy_root, tasks=["toyname"], index_dir=tmp_path, show_progress=False)
+    assert first.candidate_calls > 0 and again.candidate_calls == 0
+    assert (tmp_path / "hashing-encoder" / "mbeir_toyname_task0_cand_pool" / "manifest.json").is_file()
+
+
+def test_results_page_looks_like_the_papers_tables(report, tmp_path):
+    results = [r.to_json() for r in report.results]
+    page = results_page(results, title="Toy M-BEIR", speed_methods=["hashing", "hashing + oracle"])
+    path = write_markdown(tmp_path / "results" / "toy.md", "lamra eval toy --pool local", page)
+    lines = path.read_text().splitlines()
+    assert lines[0] == "Generated by: `lamra eval toy --pool local`"
+    header = next(line for line in lines if line.startswith("| Method"))
+    assert "qt->ci toyname" in header and "(qi,qt)->ci fashioniq" in header and header.endswith("Avg |")
+    assert header.index("qt->ci") < header.index("qt->ct") < header.index("(qi,qt)->ci")
+    assert any("R@10 (fashioniq)" in line for line in lines)
+    assert any(line.startswith("| Method") and "s/query" in line for line in lines)
+    local = retrieval_table(results, "local").splitlines()
+    row = [cell.strip() for cell in local[2].split("|")[1:-1]]
+    expected = [report.result("hashing", "local", k).metrics[m] * 100 for k, m in
+                [("toyname_task0", "R@5"), ("toypassage_task1", "R@5"), ("fashioniq_task7", "R@10"), ("toyvariant_task7", "R@5")]]
+    assert row[1:5] == [f"{v:.1f}" for v in expected] and row[5] == f"{np.mean(expected):.1f}"
