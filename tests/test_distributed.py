@@ -1,8 +1,9 @@
 """Two CPU processes (gloo) give the same contrastive loss and gradients as one process.
 
 One spawn runs every two-process case (process start-up dominates the time): the plain gathered
-loss under DDP, GradCache under DDP, hard negatives, the error for unequal shards, and the naive
-gather (no autograd) that ASSETS.md found to halve the gradients, to show the check can fail.
+loss under DDP, GradCache under DDP, hard negatives, the error for unequal shards, a checkpoint
+saved and restored by both ranks, and the naive gather (no autograd) that ASSETS.md found to
+halve the gradients, to show the check can fail.
 """
 
 import os
@@ -13,6 +14,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from lamra.train import distributed
+from lamra.train.checkpoint import load_checkpoint, save_checkpoint
 from lamra.train.gradcache import GradCache
 from lamra.train.losses import info_nce
 
@@ -81,6 +83,22 @@ def worker(rank, init_file, out_dir):
     except ValueError as error:
         results["unequal"] = str(error)
 
+    # 5. Checkpoints: every rank keeps its own RNG stream; rank 0 writes the shared files.
+    model = torch.nn.parallel.DistributedDataParallel(make_encoder())
+    torch.manual_seed(100 + rank)
+    path = save_checkpoint(os.path.join(out_dir, "run"), 4, model, data_state={"epoch": 0})
+    next_draw = torch.rand(2)
+    with torch.no_grad():
+        model.module[0].weight.add_(1.0)
+    torch.manual_seed(0)
+    state = load_checkpoint(path, model)
+    results["checkpoint"] = (
+        state.step,
+        sorted(os.listdir(path)),
+        torch.equal(torch.rand(2), next_draw),
+        torch.equal(model.module[0].weight, make_encoder()[0].weight),
+    )
+
     torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
     dist.destroy_process_group()
 
@@ -135,3 +153,10 @@ def test_single_process_fallbacks():
     x = torch.randn(3, 4)
     assert distributed.gather_with_grad(x) is x
     assert distributed.contrastive_loss_distributed(x, x).item() == pytest.approx(info_nce(x, x).item())
+
+
+def test_checkpoint_from_two_processes(two_process_results):
+    for result in two_process_results:
+        step, files, rng_restored, weights_restored = result["checkpoint"]
+        assert step == 4 and rng_restored and weights_restored
+        assert files == ["meta.json", "rng-rank0.pt", "rng-rank1.pt", "trainable.safetensors"]

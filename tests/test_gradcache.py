@@ -146,3 +146,23 @@ def test_embed_fn_that_is_not_deterministic_is_reported():
 
     with pytest.raises(RuntimeError, match="second pass"):
         GradCache(shrinking, 3).step(*batches(3))
+
+
+def test_bf16_autocast_embeddings():
+    """Under CPU bf16 autocast the embeddings are bf16; the loss runs in float32 and the cached
+    gradient is cast back, giving the plain backward's gradients up to bf16 rounding."""
+    data = [x.float() for x in batches(8)]
+    reference_model, cached_model = make_encoder().float(), make_encoder().float()
+
+    def embed(model):
+        def run(x):
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                return model(x)
+        return run
+
+    info_nce(*(embed(reference_model)(x) for x in data)).backward()
+    loss = GradCache(embed(cached_model), 3).step(*data)
+    assert loss.dtype == torch.float32
+    expected = grads(reference_model)
+    for name, got in grads(cached_model).items():
+        torch.testing.assert_close(got, expected[name], rtol=0.05, atol=0.02)

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from lamra.train.losses import info_nce, next_token_loss
+from lamra.train.losses import count_target_tokens, info_nce, next_token_loss
 
 
 def reference_info_nce(q, c, temperature, hard=None):
@@ -88,3 +88,15 @@ def test_next_token_loss_without_answer_tokens_is_zero_and_differentiable():
     assert loss.item() == 0.0 and torch.equal(logits.grad, torch.zeros_like(logits))
     with pytest.raises(ValueError, match="labels"):
         next_token_loss(logits, torch.zeros(2, 3, dtype=torch.long))
+
+
+def test_summed_micro_batches_add_up_to_the_full_batch_mean():
+    generator = torch.Generator().manual_seed(5)
+    logits = torch.randn(4, 6, 5, dtype=torch.float64, generator=generator)
+    labels = torch.randint(0, 5, (4, 6), generator=generator)
+    labels[:, :3] = -100
+    labels[0, 3:] = -100  # micro-batches with different answer lengths
+    total = count_target_tokens(labels)
+    assert total == 9  # rows 1-3, positions 3-5
+    summed = sum(next_token_loss(logits[i : i + 2], labels[i : i + 2], reduction="sum") for i in (0, 2))
+    assert (summed / total).item() == pytest.approx(next_token_loss(logits, labels).item(), rel=1e-12)

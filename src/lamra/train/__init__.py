@@ -24,7 +24,7 @@ from lamra.train.distributed import (
     world_size,
 )
 from lamra.train.gradcache import GradCache
-from lamra.train.losses import info_nce, next_token_loss
+from lamra.train.losses import count_target_tokens, info_nce, next_token_loss
 from lamra.train.recipe import Recipe, RecipeError, load_recipe, save_recipe
 from lamra.train.schedule import BatchOrder, cosine_with_warmup, count_training_steps
 
@@ -35,6 +35,7 @@ __all__ = [
     "RecipeError",
     "TrainState",
     "contrastive_loss_distributed",
+    "count_target_tokens",
     "cosine_with_warmup",
     "count_training_steps",
     "gather_with_grad",

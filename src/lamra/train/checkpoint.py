@@ -45,14 +45,19 @@ class TrainState:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The module inside DDP, so names do not depend on how the run was launched."""
+    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+
+
 def trainable_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """Parameters with requires_grad, by name (for a peft model: the adapter weights)."""
-    return {name: param.detach() for name, param in model.named_parameters() if param.requires_grad}
+    return {name: param.detach() for name, param in unwrap(model).named_parameters() if param.requires_grad}
 
 
 def load_trainable_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str = "") -> None:
     """Copy saved trainable parameters back in place; names must match exactly."""
-    params = {name: param for name, param in model.named_parameters() if param.requires_grad}
+    params = {name: param for name, param in unwrap(model).named_parameters() if param.requires_grad}
     missing, unexpected = sorted(set(params) - set(state)), sorted(set(state) - set(params))
     if missing or unexpected:
         raise ValueError(
@@ -99,8 +104,8 @@ def save_checkpoint(
 ) -> Path:
     """Save the training state after `step` optimizer steps; keep the newest `keep_last`.
 
-    Call on every rank (collective when distributed). `model` may be DDP-wrapped or not, but the
-    same way on save and load. `data_state` and `extra` must be JSON-serialisable.
+    Call on every rank (collective when distributed); `model` may be DDP-wrapped.
+    `data_state` and `extra` must be JSON-serialisable.
     """
     run_dir = Path(run_dir)
     final = checkpoint_dir(run_dir, step)

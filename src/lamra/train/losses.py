@@ -41,8 +41,8 @@ def similarity_logits(
                 f"hard negatives have width {hard_negatives.shape[-1]}, queries {query_emb.shape[-1]}"
             )
         columns = torch.cat([cand_emb, hard_negatives], dim=0)
-    query = F.normalize(query_emb, dim=-1)
-    columns = F.normalize(columns, dim=-1)
+    query = F.normalize(_at_least_float32(query_emb), dim=-1)
+    columns = F.normalize(_at_least_float32(columns), dim=-1)
     return query @ columns.T / temperature
 
 
@@ -60,28 +60,40 @@ def info_nce(
     """
     logits = similarity_logits(query_emb, cand_emb, temperature, hard_negatives)
     targets = torch.arange(logits.shape[0], device=logits.device)
-    return F.cross_entropy(_at_least_float32(logits), targets)
+    return F.cross_entropy(logits, targets)
 
 
 def next_token_loss(
-    logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = IGNORE_INDEX
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    ignore_index: int = IGNORE_INDEX,
+    reduction: str = "mean",
 ) -> torch.Tensor:
     """Causal-LM cross-entropy: logits[:, t] predicts labels[:, t + 1]; `ignore_index` is skipped.
 
     `labels` are aligned with the input ids (Hugging Face convention), with -100 on prompt and
-    padding tokens so only the answer tokens count. The mean is over counted tokens; a batch with
-    none returns a zero that still carries a graph (so backward and DDP keep working).
+    padding tokens so only the answer tokens count. "mean" averages over counted tokens;
+    "sum" lets gradient accumulation divide by the whole batch's `count_target_tokens` so
+    micro-batches add up to exactly the full-batch mean. A batch with no counted token gives a
+    zero that still carries a graph (so backward and DDP keep working).
     """
     if logits.dim() != 3 or labels.shape != logits.shape[:2]:
         raise ValueError(
             f"next_token_loss expects logits [B, T, V] and labels [B, T], got "
             f"{tuple(logits.shape)} and {tuple(labels.shape)}"
         )
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
     shifted_logits = _at_least_float32(logits[:, :-1].reshape(-1, logits.shape[-1]))
     shifted_labels = labels[:, 1:].reshape(-1)
     if not bool((shifted_labels != ignore_index).any()):
         return shifted_logits.sum() * 0.0
-    return F.cross_entropy(shifted_logits, shifted_labels, ignore_index=ignore_index)
+    return F.cross_entropy(shifted_logits, shifted_labels, ignore_index=ignore_index, reduction=reduction)
+
+
+def count_target_tokens(labels: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> int:
+    """How many tokens `next_token_loss` counts for these labels."""
+    return int((labels[:, 1:] != ignore_index).sum())
 
 
 def _at_least_float32(tensor: torch.Tensor) -> torch.Tensor:
