@@ -7,6 +7,7 @@ halve the gradients, to show the check can fail.
 """
 
 import os
+import socket
 
 import pytest
 import torch
@@ -42,9 +43,11 @@ def shard(tensor, rank):
     return tensor[rank * per_rank : (rank + 1) * per_rank]
 
 
-def worker(rank, init_file, out_dir):
+def worker(rank, port, out_dir):
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
+    # What torchrun sets for each process; init_distributed reads it.
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(WORLD))
+    assert distributed.init_distributed()
     results = {
         "facts": (distributed.is_distributed(), distributed.rank(), distributed.world_size()),
     }
@@ -100,13 +103,16 @@ def worker(rank, init_file, out_dir):
     )
 
     torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
-    dist.destroy_process_group()
+    distributed.shutdown_distributed()
 
 
 @pytest.fixture(scope="module")
 def two_process_results(tmp_path_factory):
     out_dir = tmp_path_factory.mktemp("ddp")
-    mp.spawn(worker, args=(str(out_dir / "init"), str(out_dir)), nprocs=WORLD, join=True)
+    with socket.socket() as probe:  # a free port for the rendezvous
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    mp.spawn(worker, args=(port, str(out_dir)), nprocs=WORLD, join=True)
     return [torch.load(out_dir / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
 
 
@@ -153,6 +159,7 @@ def test_single_process_fallbacks():
     x = torch.randn(3, 4)
     assert distributed.gather_with_grad(x) is x
     assert distributed.contrastive_loss_distributed(x, x).item() == pytest.approx(info_nce(x, x).item())
+    assert distributed.init_distributed() is False  # no WORLD_SIZE: a plain single-process run
 
 
 def test_checkpoint_from_two_processes(two_process_results):

@@ -18,6 +18,7 @@ from lamra.train.checkpoint import (
 from lamra.train.distributed import (
     contrastive_loss_distributed,
     gather_with_grad,
+    init_distributed,
     is_distributed,
     is_main_process,
     rank,
@@ -40,6 +41,7 @@ __all__ = [
     "count_training_steps",
     "gather_with_grad",
     "info_nce",
+    "init_distributed",
     "is_distributed",
     "is_main_process",
     "latest_checkpoint",

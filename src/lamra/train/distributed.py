@@ -10,10 +10,32 @@ extra scaling (checked in ASSETS.md and tests/test_distributed.py). Shards must 
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.distributed as dist
 
 from lamra.train.losses import DEFAULT_TEMPERATURE, info_nce
+
+
+def init_distributed(backend: str | None = None) -> bool:
+    """Join the process group that torchrun describes (WORLD_SIZE, RANK, MASTER_ADDR, ...).
+
+    A plain `python`/`lamra train` run (no WORLD_SIZE > 1) stays single-process. The backend is
+    gloo on CPU and nccl with CUDA. Returns whether the run is distributed.
+    """
+    if dist.is_initialized() or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return is_distributed()
+    backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
+    if backend == "nccl":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group(backend)
+    return True
+
+
+def shutdown_distributed() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def is_distributed() -> bool:
