@@ -555,3 +555,62 @@ def write_report(report: EvaluationReport, out_dir: str | Path, *, command: str)
 def load_results(path: str | Path) -> dict[str, Any]:
     """Read a ``results.json`` written by ``write_report`` (for tables that merge several runs)."""
     return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+# --- what the CLI calls ----------------------------------------------------------------------------
+
+
+def index_pool(encoder: Encoder, pool_path: str | Path, directory: str | Path, *, model_name: str,
+               image_root: str | Path | None = None, batch_size: int = 32, nlist: int | None = None,
+               show_progress: bool = True) -> VectorIndex:
+    """``lamra index``: encode an M-BEIR candidate pool file into a saved, resumable index.
+
+    An up-to-date index at ``directory`` (same model, same pool file) is reused as it is.
+    """
+    pool_path = Path(pool_path)
+    candidates = cand_pool_dict(read_jsonl(pool_path, "candidate"))
+    ids = list(candidates)
+    items = [candidate_item(candidates[did]) for did in ids]
+    # M-BEIR image paths are relative to the data root, two levels above cand_pool/<local|global>/
+    root = Path(image_root) if image_root is not None else pool_path.resolve().parents[2]
+
+    def encode(batch):
+        return encoder.encode(batch, batch_size=batch_size, show_progress=False, image_root=root)
+
+    return load_or_build_index(encode, items, ids, directory, model_name=model_name, pool_path=pool_path,
+                               batch_size=batch_size, nlist=nlist, show_progress=show_progress)
+
+
+def evaluate_and_write(
+    methods: Mapping[str, Encoder],
+    data_root: str | Path,
+    out_dir: str | Path,
+    *,
+    command: str,
+    results_md: str | Path | None = None,
+    title: str = "M-BEIR evaluation",
+    rerankers: Mapping[str, Sequence[RerankMethod]] | None = None,
+    speed_methods: Sequence[str] | None = None,
+    notes: str = "",
+    **evaluate_options,
+) -> list[Path]:
+    """``lamra eval``: evaluate each named encoder (and its rerankers), write ``out_dir/<method>/``
+    (results.json + TREC runs) and, with ``results_md``, one page of tables over all of them.
+
+    ``evaluate_options`` go to ``evaluate_mbeir`` (split, pools, tasks, index_dir, batch_size, ...).
+    Returns the JSON paths (and the page last, when written).
+    """
+    from lamra.evaluate.tables import results_page, write_markdown
+
+    written, rows = [], []
+    for method, encoder in methods.items():
+        report = evaluate_mbeir(encoder, data_root, method=method,
+                                rerankers=(rerankers or {}).get(method, ()), **evaluate_options)
+        json_path = write_report(report, Path(out_dir) / _safe_name(method), command=command)
+        written.append(json_path)
+        rows.extend(load_results(json_path)["results"])
+    if results_md is not None:
+        pools = evaluate_options.get("pools", ("local",))
+        page = results_page(rows, title=title, pools=pools, speed_methods=speed_methods, notes=notes)
+        written.append(write_markdown(results_md, command, page))
+    return written

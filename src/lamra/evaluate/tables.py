@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from lamra.data.mbeir import atomic_write_text
+from lamra.data.mbeir import DATASET_IDS, atomic_write_text
 
 # the paper's column notation: q = query, c = candidate, t = text, i = image
 TASK_NOTATION = {
@@ -25,6 +25,13 @@ TASK_NOTATION = {
     7: "(qi,qt)->ci",
     8: "(qi,qt)->(ci,ct)",
 }
+# UniIR's column order for M-BEIR (its retriever's dataset_order); other datasets follow by name
+MBEIR_COLUMN_ORDER = [
+    "visualnews_task0", "mscoco_task0", "fashion200k_task0", "webqa_task1", "edis_task2", "webqa_task2",
+    "visualnews_task3", "mscoco_task3", "fashion200k_task3", "nights_task4", "oven_task6", "infoseek_task6",
+    "fashioniq_task7", "cirr_task7", "oven_task8", "infoseek_task8",
+]
+DISPLAY_NAMES = {name.lower(): name for name in DATASET_IDS}  # "mscoco" -> "MSCOCO"
 MISSING = "-"
 
 Result = Mapping[str, Any]  # one entry of results.json's "results"
@@ -35,11 +42,18 @@ def task_columns(results: Iterable[Result]) -> list[Result]:
     columns: dict[str, Result] = {}
     for result in results:
         columns.setdefault(result["task"], result)
-    return sorted(columns.values(), key=lambda r: (r["task_id"], r["dataset"]))
+    def order(result: Result):
+        known = result["task"] in MBEIR_COLUMN_ORDER
+        return (result["task_id"], 0 if known else 1,
+                MBEIR_COLUMN_ORDER.index(result["task"]) if known else 0, result["dataset"])
+
+    return sorted(columns.values(), key=order)
 
 
 def column_title(result: Result) -> str:
-    return f"{TASK_NOTATION.get(result['task_id'], 'task' + str(result['task_id']))} {result['dataset']}"
+    """E.g. "qt->ci MSCOCO": the paper's task notation, then the dataset."""
+    notation = TASK_NOTATION.get(result["task_id"], f"task{result['task_id']}")
+    return f"{notation} {DISPLAY_NAMES.get(result['dataset'], result['dataset'])}"
 
 
 def _methods(results: Iterable[Result], methods: Sequence[str] | None) -> list[str]:
@@ -97,8 +111,9 @@ def headline_legend(results: Sequence[Result]) -> str:
 def rerank_speed_table(results: Sequence[Result], pool: str, methods: Sequence[str] | None = None,
                        scale: float = 100.0) -> str:
     """Table 8: R@1 per task, its average, and seconds per query spent reranking (for retrieval-only
-    rows: encoding the query and searching)."""
-    columns = task_columns(r for r in results if r["pool"] == pool)
+    rows: encoding the query and searching). Tasks without R@1 (fashion datasets) are left out."""
+    columns = [c for c in task_columns(r for r in results if r["pool"] == pool)
+               if "R@1" in _metric_names(results, c["task"])]
     cells = _lookup(results, pool)
     rows = []
     for method in _methods((r for r in results if r["pool"] == pool), methods):
@@ -117,6 +132,14 @@ def rerank_speed_table(results: Sequence[Result], pool: str, methods: Sequence[s
         rows.append([method] + [_cell(v, scale) for v in values] + [_cell(average, scale),
                      f"{seconds / queries:.3f}" if queries else MISSING])
     return _markdown(["Method"] + [column_title(c) for c in columns] + ["Avg R@1", "s/query"], rows)
+
+
+def _metric_names(results: Iterable[Result], task: str) -> set[str]:
+    names: set[str] = set()
+    for result in results:
+        if result["task"] == task and result.get("metrics"):
+            names.update(result["metrics"])
+    return names
 
 
 def write_markdown(path: str | Path, command: str, body: str) -> Path:
