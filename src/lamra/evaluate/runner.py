@@ -325,29 +325,34 @@ class _PoolCache:
         return self.pool_modalities[path]
 
     def index(self, path: Path) -> tuple[VectorIndex, float]:
-        """The pool's index and the seconds it took to build (0 when it was loaded)."""
-        if path not in self.indexes:
-            candidates = self.candidates(path)
-            ids = list(candidates)
-            items = [candidate_item(candidates[did]) for did in ids]
-            root = self.data.root
+        """The pool's index and the seconds spent building or loading it: counted once, for the first
+        task that asks (the global pool serves every task), 0 for the others."""
+        if path in self.indexes:
+            return self.indexes[path][0], 0.0
+        candidates = self.candidates(path)
+        ids = list(candidates)
+        items = [candidate_item(candidates[did]) for did in ids]
+        root = self.data.root
 
-            def encode(batch):
-                return self.encoder.encode(batch, batch_size=self.batch_size, show_progress=False,
-                                           image_root=root)
+        def encode(batch):
+            return self.encoder.encode(batch, batch_size=self.batch_size, show_progress=False,
+                                       image_root=root)
 
-            start = time.perf_counter()
-            if self.index_dir is not None:
-                directory = Path(self.index_dir) / _safe_name(self.model_name) / path.stem
-                index = load_or_build_index(encode, items, ids, directory, model_name=self.model_name,
-                                            pool_path=path, batch_size=self.batch_size, nlist=self.nlist,
-                                            show_progress=self.show_progress)
-            else:
-                vectors = encode_in_batches(encode, items, batch_size=self.batch_size,
-                                            show_progress=self.show_progress, desc=f"encoding {path.stem}")
-                index = VectorIndex.from_vectors(vectors, ids, model_name=self.model_name, nlist=self.nlist,
-                                                 assume_normalised=True)
-            self.indexes[path] = (index, time.perf_counter() - start)
+        # IVF only pays off on large pools, and k-means wants ~39 points per list: small local
+        # pools stay flat even when an nlist is asked for
+        nlist = self.nlist if self.nlist is not None and len(ids) >= 39 * self.nlist else None
+        start = time.perf_counter()
+        if self.index_dir is not None:
+            directory = Path(self.index_dir) / _safe_name(self.model_name) / path.stem
+            index = load_or_build_index(encode, items, ids, directory, model_name=self.model_name,
+                                        pool_path=path, batch_size=self.batch_size, nlist=nlist,
+                                        show_progress=self.show_progress)
+        else:
+            vectors = encode_in_batches(encode, items, batch_size=self.batch_size,
+                                        show_progress=self.show_progress, desc=f"encoding {path.stem}")
+            index = VectorIndex.from_vectors(vectors, ids, model_name=self.model_name, nlist=nlist,
+                                             assume_normalised=True)
+        self.indexes[path] = (index, time.perf_counter() - start)
         return self.indexes[path]
 
 
