@@ -200,3 +200,24 @@ def test_resume_without_the_rng_state_diverges(tmp_path):
     assert not torch.equal(model(torch.ones(2, 4)), reference)
     load_checkpoint(path, model)
     assert torch.equal(model(torch.ones(2, 4)), reference)
+
+
+def test_a_peft_adapter_round_trips(tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    def lora_model():
+        torch.manual_seed(0)
+        base = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2))
+        return get_peft_model(base, LoraConfig(r=2, lora_alpha=4, target_modules=["0", "1"]))
+
+    trained = lora_model()
+    with torch.no_grad():
+        for name, param in trained.named_parameters():
+            if "lora_B" in name:
+                param.normal_()
+    path = save_checkpoint(tmp_path, 1, trained)
+    assert all("lora_" in name for name in trainable_state_dict(trained))
+    fresh = lora_model().eval()
+    assert not torch.equal(fresh(torch.ones(1, 4)), trained.eval()(torch.ones(1, 4)))
+    load_checkpoint(path, fresh)
+    assert torch.equal(fresh(torch.ones(1, 4)), trained(torch.ones(1, 4)))

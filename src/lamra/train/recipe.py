@@ -13,7 +13,7 @@ import difflib
 import os
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +89,9 @@ class Recipe:
         return dataclasses.asdict(self)
 
 
+
+
+# Keys holding paths: `~` and environment variables are expanded when the recipe is loaded.
 PATH_FIELDS = ("model", "init_from", "output_dir", "train_data", "cand_pool", "instructions", "rerank_data")
 
 
