@@ -264,7 +264,9 @@ def test_text_only_encoder_is_skipped_where_it_cannot_encode(toy_root):
     scored = {(r.pool, r.task.key) for r in report.results if r.metrics}
     assert scored == {("local", "toypassage_task1")}  # the global pool holds images
     skipped = report.result("text-only", "local", "toyname_task0").skipped
-    assert "cannot encode image items" in skipped
+    assert skipped == "hashing-encoder cannot encode the image items of the local pool"  # t->i
+    assert report.result("text-only", "local", "toyvariant_task7").skipped.endswith("image items of the queries")
+    assert report.result("text-only", "global", "toypassage_task1").skipped.endswith("image items of the global pool")
     table = retrieval_table([r.to_json() for r in report.results], "local")
     row = table.splitlines()[2].split("|")
     assert row[1].strip() == "text-only" and row[2].strip() == "-" and row[-2].strip() == "-"  # Avg: "-"

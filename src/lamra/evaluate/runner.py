@@ -394,6 +394,9 @@ def evaluate_mbeir(
     ``model_name`` keys the index cache under ``index_dir`` (default: ``encoder.name`` or the class).
     """
     data = MBEIRDataset(data_root)
+    if index_dir is not None and not (model_name or getattr(encoder, "name", None)):
+        raise ValueError("index_dir needs model_name (e.g. the checkpoint path), so that cached indexes "
+                         "of different models never mix")
     model_name = model_name or getattr(encoder, "name", None) or type(encoder).__name__
     for pool in pools:
         if pool not in POOLS:
@@ -426,9 +429,12 @@ def _evaluate_task_pool(encoder, cache: _PoolCache, data: MBEIRDataset, task: Ev
     path = cache.pool_path(pool, task, split)
     candidates = cache.candidates(path)
     items = [query_item(q, instruction) for q, instruction in zip(queries, instructions)]
-    missing = _unsupported(encoder, _modalities_of(items) | cache.modalities(path))
-    if missing:
-        reason = f"{model_label(encoder)} cannot encode {'/'.join(sorted(missing))} items"
+    missing_in_queries = _unsupported(encoder, _modalities_of(items))
+    missing_in_pool = _unsupported(encoder, cache.modalities(path))
+    if missing_in_queries or missing_in_pool:
+        where = "queries" if missing_in_queries else f"{pool} pool"
+        kinds = "/".join(sorted(missing_in_queries or missing_in_pool))
+        reason = f"{model_label(encoder)} cannot encode the {kinds} items of the {where}"
         return [TaskResult(name, pool, task, skipped=reason) for name in methods]
 
     try:

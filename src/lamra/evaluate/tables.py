@@ -142,6 +142,15 @@ def _metric_names(results: Iterable[Result], task: str) -> set[str]:
     return names
 
 
+def skipped_summary(results: Iterable[Result]) -> list[str]:
+    """One line per (method, reason), naming the skipped tasks, e.g. why MiniLM has no image tasks."""
+    grouped: dict[tuple[str, str], list[str]] = {}
+    for r in results:
+        if r.get("skipped"):
+            grouped.setdefault((r["method"], r["skipped"]), []).append(f"{r['task']} ({r['pool']})")
+    return [f"{method}: {reason}: {', '.join(sorted(cells))}" for (method, reason), cells in sorted(grouped.items())]
+
+
 def write_markdown(path: str | Path, command: str, body: str) -> Path:
     """Write a results page atomically; its first line names the command that generated it."""
     if not command.strip():
@@ -165,7 +174,7 @@ def results_page(results: Sequence[Result], *, title: str, pools: Sequence[str] 
         pool = next(p for p in pools if any(r["pool"] == p for r in results))
         parts.append(f"## Reranking: R@1 and seconds per query ({pool} pool)\n")
         parts.append(rerank_speed_table(results, pool, speed_methods))
-    skipped = sorted({f"{r['method']} on {r['task']} ({r['pool']}): {r['skipped']}" for r in results if r.get("skipped")})
+    skipped = skipped_summary(results)
     if skipped:
         parts.append("Skipped cells (\"-\"):\n\n" + "\n".join(f"- {line}" for line in skipped) + "\n")
     if notes:
