@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from PIL import Image
 
+from lamra.items import to_rgb
 from lamra.prompts import EMB_TOKEN
 
 Messages = list[dict[str, Any]]
@@ -54,7 +55,7 @@ def render_chatml(
         for piece in content:
             if piece["type"] == "image":
                 parts.append(image_placeholder)
-                images.append(piece["image"])
+                images.append(to_rgb(piece["image"]))  # transparent pixels onto white
             else:
                 parts.append(piece["text"])
         parts.append("<|im_end|>\n")

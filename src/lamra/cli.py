@@ -1,0 +1,92 @@
+"""The ``lamra`` command line: one sub-command per job."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Annotated, Optional
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is fetched at run time unless asked
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import typer
+
+app = typer.Typer(help="LamRA: a large multimodal model as a universal retrieval assistant.", no_args_is_help=True)
+data_app = typer.Typer(help="Build and inspect M-BEIR-format data.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+ModelOption = Annotated[
+    Optional[str],
+    typer.Option("--model", "-m", help="Checkpoint dir or hub id; default: the shipped compact model."),
+]
+PrecisionOption = Annotated[str, typer.Option(help="auto (bf16 autocast where supported), bf16 or fp32.")]
+
+
+def load_model(model: str | None, precision: str = "auto", reranker: str | None = None):
+    from lamra.model import SHIPPED_DIR, LamRA
+
+    if model is None and not (SHIPPED_DIR / "lamra.json").is_file():
+        from lamra.backbones.compact import CompactBackbone
+
+        typer.secho(
+            "No trained compact weights are shipped in this build: using the untrained base model "
+            "(pretrained parts, random projector). Rankings are not meaningful until it is trained.",
+            fg=typer.colors.YELLOW,
+            err=True,
+        )
+        return LamRA(CompactBackbone.from_parts(), precision=precision)
+    return LamRA.from_pretrained(model, reranker=reranker, precision=precision)
+
+
+@app.callback()
+def main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(message)s")
+
+
+@app.command()
+def demo(model: ModelOption = None, precision: PrecisionOption = "auto", top_k: int = 3) -> None:
+    """Encode the bundled emoji collection and answer a text query and an image query."""
+    from lamra.demo import run_demo
+
+    run_demo(load_model(model, precision), top_k=top_k, echo=typer.echo)
+
+
+@app.command()
+def search(
+    queries: Annotated[list[str], typer.Argument(help="Query texts; prefix an image path with @ (e.g. @cat.png).")],
+    collection: Annotated[Path, typer.Option(help="A jsonl of candidates with txt and/or img_path.")],
+    image_root: Annotated[Optional[Path], typer.Option(help="Root for img_path; default: the jsonl's folder.")] = None,
+    instruction: Annotated[Optional[str], typer.Option(help="Instruction prefixed to each query.")] = None,
+    top_k: int = 5,
+    rerank: Annotated[Optional[str], typer.Option(help="pointwise or listwise (needs a reranker).")] = None,
+    model: ModelOption = None,
+    precision: PrecisionOption = "auto",
+) -> None:
+    """Search a jsonl collection with text or image queries and print the ranked hits."""
+    from lamra.collection import read_collection, record_id
+
+    records = read_collection(collection)
+    root = image_root or collection.parent
+    lamra = load_model(model, precision)
+    parsed = [Path(q[1:]) if q.startswith("@") else q for q in queries]
+    candidates = [{"txt": r.get("txt") or "", "img_path": r.get("img_path")} for r in records]
+    corpus_vectors = lamra.encode(candidates, image_root=root, show_progress=True)
+    query_vectors = lamra.encode(parsed, instruction=instruction)
+    for query, vector in zip(queries, query_vectors, strict=True):
+        scores = corpus_vectors @ vector
+        order = scores.argsort()[::-1][:top_k]
+        if rerank:
+            hits = lamra.rerank(parsed[queries.index(query)], [candidates[i] for i in order],
+                                retrieval_scores=scores[order], mode=rerank, image_root=root, ids=list(order))
+            order, shown = [h.id for h in hits], [h.score for h in hits]
+        else:
+            shown = scores[order]
+        typer.echo(f"\n{query}")
+        for rank, (i, score) in enumerate(zip(order, shown, strict=True), start=1):
+            record = records[i]
+            typer.echo(f"  {rank}. {record_id(record, i)}  {score:.3f}  {record.get('txt') or ''} {record.get('img_path') or ''}")
+
+
+if __name__ == "__main__":
+    app()

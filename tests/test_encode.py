@@ -1,0 +1,136 @@
+"""LamRA-Ret embeddings on both backbones: batching, padding, pooling, input kinds, save/load."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lamra import LamRA
+from lamra.backbones.qwen_vl import QwenVLBackbone
+from lamra.prompts import embedding_messages
+from lamra.retriever import embed_conversations
+
+# Measured on this CPU (compact LMM, autocast bf16 vs the same batch item alone): min cosine 0.9996.
+BF16_BATCH_COSINE = 0.999
+
+
+_loaded: dict[str, LamRA] = {}
+
+
+@pytest.fixture(params=["qwen2_vl", "qwen2_5_vl", "compact"])
+def model(request, tiny_qwen_dirs, compact_backbone):
+    """LamRA in fp32 on each backbone (loaded once per module)."""
+    if request.param not in _loaded:
+        if request.param == "compact":
+            _loaded[request.param] = LamRA(compact_backbone, precision="fp32")
+        else:
+            _loaded[request.param] = LamRA.from_pretrained(tiny_qwen_dirs[request.param], precision="fp32")
+    return _loaded[request.param]
+
+
+@pytest.fixture
+def compact_model(compact_backbone):
+    return LamRA(compact_backbone, precision="fp32")
+
+
+def mixed_items(images):
+    photo, sticker = images
+    return [
+        "a short text",
+        "a much longer piece of text that needs a lot more padding around the shorter items",
+        photo,
+        ("a red square on white", sticker),
+        ["first look at this", photo, "and then at this", sticker],
+    ]
+
+
+def alone_vs_batch(model, items):
+    batch = model.encode(items, batch_size=len(items))
+    alone = np.stack([model.encode([item])[0] for item in items])
+    return (batch * alone).sum(axis=1)
+
+
+def test_alone_equals_padded_batch_fp32(model, images):
+    cosines = alone_vs_batch(model, mixed_items(images))
+    assert cosines.min() > 0.9999, cosines
+
+
+def test_alone_equals_padded_batch_bf16(compact_backbone, images):
+    model = LamRA(compact_backbone, precision="bf16")
+    cosines = alone_vs_batch(model, mixed_items(images))
+    assert cosines.min() > BF16_BATCH_COSINE, cosines
+
+
+def test_left_and_right_padding_agree(model, images):
+    backbone = model.backbone
+    conversations = [embedding_messages(segments) for segments in (["tiny"], [images[0], "a photo of noise"])]
+    with torch.no_grad():
+        left = embed_conversations(backbone, conversations, padding_side="left")
+        right = embed_conversations(backbone, conversations, padding_side="right")
+    assert torch.allclose(left, right, atol=1e-4)
+
+
+def test_vector_is_hidden_state_before_emb(model, images):
+    """Recompute one embedding with the plain transformers forward (output_hidden_states)."""
+    backbone = model.backbone
+    vector = model.encode([("a red square", images[1])])[0]
+    segments = [images[1], "a red square"]
+    inputs = backbone.build_inputs([embedding_messages(segments)])
+    with torch.no_grad():
+        output = backbone.hf_model(**inputs, output_hidden_states=True)
+    ids = inputs["input_ids"][0].tolist()
+    position = ids.index(backbone.emb_token_id) - 1
+    expected = F.normalize(output.hidden_states[-1][0, position], dim=-1).numpy()
+    assert np.allclose(vector, expected, atol=1e-5)
+    assert backbone.tokenizer.decode(ids[position + 1 : position + 3]) == "<emb>."
+
+
+def test_every_input_kind_encodes(model, images):
+    vectors = model.encode(mixed_items(images))
+    assert vectors.shape[0] == 5 and vectors.dtype == np.float32
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    # different inputs give different vectors (no silent fallbacks to a constant)
+    similarity = vectors @ vectors.T
+    assert (similarity[~np.eye(5, dtype=bool)] < 0.99999).all()
+
+
+def test_instruction_changes_the_query_vector(compact_model):
+    plain = compact_model.encode(["a cat"])[0]
+    instructed = compact_model.encode(["a cat"], instruction="Find an image that matches the caption.")[0]
+    assert float(plain @ instructed) < 0.9999
+
+
+def test_encode_empty_list(compact_model):
+    assert compact_model.encode([]).shape == (0, 576)
+
+
+def test_qwen_checkpoint_and_lora_adapter_round_trip(tiny_qwen_dir, tmp_path, images):
+    """A LoRA adapter saved with save_pretrained loads back through the public API, same vectors."""
+    from peft import LoraConfig, get_peft_model
+
+    backbone = QwenVLBackbone.from_pretrained(tiny_qwen_dir)
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=backbone.lora_target_modules, init_lora_weights=False)
+    torch.manual_seed(1)
+    backbone.model = get_peft_model(backbone.model, config)
+    lora_modules = [n for n, _ in backbone.model.named_modules() if n.endswith("lora_A")]
+    assert lora_modules and not any("visual" in n for n in lora_modules)
+    assert len(lora_modules) == 2 * 7  # two layers x (q, k, v, o, gate, up, down)
+    in_memory = LamRA(backbone, precision="fp32").encode(mixed_items(images))
+    backbone.model.save_pretrained(tmp_path / "adapter")
+
+    reloaded = LamRA.from_pretrained(tiny_qwen_dir, adapter=tmp_path / "adapter", precision="fp32")
+    np.testing.assert_array_equal(reloaded.encode(mixed_items(images)), in_memory)
+    base = LamRA.from_pretrained(tiny_qwen_dir, precision="fp32").encode(mixed_items(images))
+    assert not np.allclose(base, in_memory, atol=1e-3)  # the adapter really changed the model
+
+
+def test_compact_checkpoint_round_trip(compact_backbone, tmp_path, images):
+    from lamra.backbones.compact import CompactBackbone
+
+    compact_backbone.save_pretrained(tmp_path / "compact")
+    reloaded = LamRA(CompactBackbone.from_pretrained(tmp_path / "compact"), precision="fp32")
+    original = LamRA(compact_backbone, precision="fp32")
+    items = mixed_items(images)
+    np.testing.assert_allclose(reloaded.encode(items), original.encode(items), atol=1e-6)
