@@ -93,7 +93,8 @@ def render_card(m, specs, stats, *, seed: int, fixture: bool, build_seconds: flo
         "",
         f"Precision on {checked_n} mappings checked by hand: {checked_ok}/{checked_n} = "
         f"{(checked_ok / checked_n if checked_n else 0):.0%} (the list: `docs/pocketbeir/mapping_check.tsv`,",
-        f"{len(CHECKED)} rows drawn at random after the rules were fixed).",
+        f"{len(CHECKED)} rows: a fresh random sample drawn after the last rule change; a row whose mapping",
+        "the rules no longer produce is not counted).",
         "",
         "## Stage-1 text pairs",
         "",

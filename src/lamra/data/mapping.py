@@ -190,7 +190,8 @@ def map_emoji(wordnet: WordNet, emoji: Emoji) -> Mapping | None:
     heads = head_phrases(emoji)
     for text, how in name_candidates(emoji):
         senses = wordnet.senses(text)
-        fitting = [s for s in senses if s.lexname in allowed]
+        # the first lexicographer file listed wins ("peach" the fruit, noun.food, over the tree)
+        fitting = sorted((s for s in senses if s.lexname in allowed), key=lambda s: allowed.index(s.lexname))
         if not fitting:
             continue
         if how in ("label", "name"):
