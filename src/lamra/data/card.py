@@ -120,13 +120,15 @@ def render_card(m, specs, stats, *, seed: int, fixture: bool, build_seconds: flo
         "## Sources and licences",
         "",
         _table(["source", "version", "licence", "used for"], [
-            ["npm `emoji-datasource-google`", "16.0.0", "Apache-2.0", "images, old Unicode names, categories, variants"],
-            ["npm `emoji-datasource-twitter`", "16.0.0", "CC-BY 4.0 (Twemoji graphics)", "images"],
+            ["npm `emoji-datasource-google`", "16.0.0", "package MIT; images (Noto Emoji) Apache-2.0",
+             "images, old Unicode names, categories, variants"],
+            ["npm `emoji-datasource-twitter`", "16.0.0", "package MIT; images (Twemoji) CC-BY 4.0", "images"],
             ["npm `emojibase-data`", "17.0.0", "MIT (CLDR data: Unicode licence)", "everyday names and tags"],
             ["Debian `wordnet-base`", "WordNet 3.0", "WordNet 3.0 licence (Princeton)", "synsets, definitions, examples"],
         ]),
         "",
-        "The Twitter images are Twemoji by Twitter, Inc and other contributors, licensed CC-BY 4.0.",
+        "The Twitter images are Twemoji graphics (jdecked/twemoji 16.0.1, by Twitter, Inc and other",
+        "contributors), licensed CC-BY 4.0; the Google images are Noto Emoji, licensed Apache-2.0.",
         "",
     ]
     return "\n".join(parts)
