@@ -88,5 +88,26 @@ def search(
             typer.echo(f"  {rank}. {record_id(record, i)}  {score:.3f}  {record.get('txt') or ''} {record.get('img_path') or ''}")
 
 
+@data_app.command("build")
+def data_build(
+    name: Annotated[str, typer.Argument(help="Which benchmark to build: pocketbeir.")] = "pocketbeir",
+    fixture: Annotated[bool, typer.Option(help="Build the small (<=100 emoji) fixture used by tests.")] = False,
+    seed: int = 0,
+    out: Annotated[Optional[Path], typer.Option(help="Output dir; default $LAMRA_HOME/pocketbeir.")] = None,
+    sources: Annotated[Optional[Path], typer.Option(help="Source packages; default $LAMRA_HOME/sources.")] = None,
+) -> None:
+    """Build an M-BEIR-format benchmark (PocketBEIR: emoji + WordNet, all eight task types)."""
+    if name != "pocketbeir":
+        raise typer.BadParameter(f"unknown benchmark {name!r}; available: pocketbeir")
+    from lamra.data.pocketbeir import build_pocketbeir
+
+    try:
+        path = build_pocketbeir(out_dir=out, sources_dir=sources, seed=seed, fixture=fixture)
+    except FileNotFoundError as error:
+        typer.secho(str(error), fg=typer.colors.RED, err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"built {path}")
+
+
 if __name__ == "__main__":
     app()
