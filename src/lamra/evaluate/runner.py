@@ -298,7 +298,7 @@ def _safe_name(text: str) -> str:
 
 
 class _PoolCache:
-    """Candidate records and indexes, built once per pool file and evaluation."""
+    """Candidate records and indexes, built once per pool file, and query vectors, once per task."""
 
     def __init__(self, encoder, data: MBEIRDataset, *, model_name, batch_size, index_dir, nlist,
                  show_progress):
@@ -307,6 +307,7 @@ class _PoolCache:
         self.records: dict[Path, dict[str, MBEIRCandidate]] = {}
         self.indexes: dict[Path, tuple[VectorIndex, float]] = {}
         self.pool_modalities: dict[Path, set[str]] = {}
+        self.query_vectors: dict[str, tuple[np.ndarray, float]] = {}  # task key -> (vectors, seconds)
 
     def pool_path(self, pool: str, task: EvalTask, split: str) -> Path:
         if pool == "local":
@@ -439,10 +440,12 @@ def _evaluate_task_pool(encoder, cache: _PoolCache, data: MBEIRDataset, task: Ev
 
     try:
         index, index_seconds = cache.index(path)
-        start = time.perf_counter()
-        query_vectors = encode_queries(encoder, items, instructions, batch_size=batch_size,
-                                       image_root=data.root, show_progress=show_progress)
-        encode_seconds = time.perf_counter() - start
+        if task.key not in cache.query_vectors:  # the same vectors serve the local and global pool
+            start = time.perf_counter()
+            vectors = encode_queries(encoder, items, instructions, batch_size=batch_size,
+                                     image_root=data.root, show_progress=show_progress)
+            cache.query_vectors[task.key] = (vectors, time.perf_counter() - start)
+        query_vectors, encode_seconds = cache.query_vectors[task.key]
     except ModalityNotSupported as error:
         return [TaskResult(name, pool, task, skipped=str(error)) for name in methods]
 
@@ -486,6 +489,21 @@ def _rerank_all(reranker: RerankMethod, queries: list[MBEIRQuery], instructions:
                              f"({len(top)} finite scores expected)")
         entry.rerank_scores[reranker.name] = scores
     return total
+
+
+def model_reranker(model: Any, image_root: str | Path, *, mode: str = "pointwise", window: int = 5) -> RerankFn:
+    """A ``RerankFn`` from a model with LamRA's ``rerank(query, candidates, mode=, window=, ids=,
+    image_root=) -> hits`` (each hit with ``id`` and ``rerank_score``): scores in candidate order."""
+
+    def rerank(query: dict, candidates: list[dict], retrieval_scores: np.ndarray) -> np.ndarray:
+        hits = model.rerank(query, candidates, mode=mode, window=window, ids=list(range(len(candidates))),
+                            image_root=image_root)
+        scores = np.full(len(candidates), np.nan)
+        for hit in hits:
+            scores[hit.id] = hit.rerank_score
+        return scores
+
+    return rerank
 
 
 def model_label(encoder: Any) -> str:
