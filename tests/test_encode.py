@@ -12,8 +12,9 @@ from lamra.backbones.qwen_vl import QwenVLBackbone
 from lamra.prompts import embedding_messages
 from lamra.retriever import embed_conversations
 
-# Measured on this CPU (compact LMM, autocast bf16 vs the same batch item alone): min cosine 0.9996.
-BF16_BATCH_COSINE = 0.999
+# Measured on this CPU (compact LMM, bf16 autocast, batch vs the same item alone): min cosine
+# 0.99991 over the five mixed items; bf16 weights: 0.99987. The threshold leaves a margin.
+BF16_BATCH_COSINE = 0.9995
 
 
 _loaded: dict[str, LamRA] = {}
@@ -134,3 +135,25 @@ def test_compact_checkpoint_round_trip(compact_backbone, tmp_path, images):
     original = LamRA(compact_backbone, precision="fp32")
     items = mixed_items(images)
     np.testing.assert_allclose(reloaded.encode(items), original.encode(items), atol=1e-6)
+
+
+def test_bf16_weights_load_and_agree_with_fp32(compact_backbone, tmp_path, images):
+    from lamra.backbones.compact import CompactBackbone
+
+    compact_backbone.save_pretrained(tmp_path / "compact")
+    bf16 = CompactBackbone.from_pretrained(tmp_path / "compact", dtype=torch.bfloat16)
+    assert bf16.dtype == torch.bfloat16
+    items = mixed_items(images)
+    cosines = (LamRA(bf16).encode(items) * LamRA(compact_backbone, precision="fp32").encode(items)).sum(1)
+    assert cosines.min() > 0.999, cosines
+
+
+def test_vision_features_are_computed_once(compact_backbone, images):
+    from lamra.backbones.compact import VisionFeatureCache
+
+    compact_backbone.feature_cache = cache = VisionFeatureCache()
+    model = LamRA(compact_backbone, precision="fp32")
+    first = model.encode([images[0], ("again", images[0]), images[1]])
+    assert len(cache) == 2
+    np.testing.assert_allclose(model.encode([images[0]])[0], first[0], atol=1e-6)
+    assert len(cache) == 2

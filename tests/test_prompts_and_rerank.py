@@ -1,0 +1,125 @@
+"""Official prompt strings, chat rendering, training labels, and reranker scores checked by hand."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pytest
+import torch
+
+from lamra import LamRA
+from lamra.backbones.base import IGNORE_INDEX, render_chatml
+from lamra.prompts import (
+    LISTWISE_INSTRUCTION,
+    POINTWISE_INSTRUCTION,
+    embedding_messages,
+    format_mbeir_text,
+    listwise_messages,
+    pointwise_messages,
+)
+from lamra.reranker import Reranker, fuse
+
+
+def test_official_rerank_instructions_byte_for_byte():
+    # sha256 of the strings as Python evaluates them in the official datasets_mbeir_rerank.py
+    # (a backslash continuation leaves 24 and 25 spaces inside; "responed" is theirs).
+    assert "candidate" + " " * 24 + "meets" in POINTWISE_INSTRUCTION
+    assert "others." + " " * 25 + "Evaluate" in LISTWISE_INSTRUCTION
+    assert hashlib.sha256(POINTWISE_INSTRUCTION.encode()).hexdigest()[:16] == POINTWISE_SHA
+    assert hashlib.sha256(LISTWISE_INSTRUCTION.encode()).hexdigest()[:16] == LISTWISE_SHA
+
+
+POINTWISE_SHA = hashlib.sha256(
+    b"I will provide you with a query and a candidate. Please evaluate whether the candidate"
+    b"                        meets the requirements of the query. If it does, respond with 'Yes'; "
+    b"if it doesn't, responed with 'No'."
+).hexdigest()[:16]
+LISTWISE_SHA = hashlib.sha256(
+    b"I will provide you with a query followed by multiple candidates in the format: (1) cand1 (2) "
+    b"cand2, etc. Each candidate is independent of the others.                         Evaluate each "
+    b"candidate against the query, and respond with the number corresponding to the candidate that "
+    b"best meets the requirements of the query."
+).hexdigest()[:16]
+
+
+def test_qwen2vl_chat_rendering_matches_the_official_template(images):
+    rendered = render_chatml(
+        embedding_messages([images[0], "A cat."]), "<|vision_start|><|image_pad|><|vision_end|>",
+        "You are a helpful assistant.",
+    )
+    assert rendered.text == (
+        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+        "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>A cat.\n"
+        "Summarize above image and sentence in one word: <|im_end|>\n"
+        "<|im_start|>assistant\n<emb>.<|im_end|>\n"
+    )
+    assert len(rendered.images) == 1
+
+
+def test_summarize_suffix_per_modality(images):
+    text = embedding_messages(["x"])[0]["content"][-1]["text"]
+    image = embedding_messages([images[0]])[0]["content"][-1]["text"]
+    assert text.endswith("\nSummarize above sentence in one word: ")
+    assert image == "\nSummarize above image in one word: "
+
+
+def test_format_mbeir_text():
+    assert format_mbeir_text(' "a cat\r" ') == "A cat."
+    assert format_mbeir_text("is it?") == "Is it?"
+    assert format_mbeir_text(None) == ""
+
+
+def test_qwen_tokenizer_matches_qwen2(qwen_tokenizer):
+    assert qwen_tokenizer("Hello, world!", add_special_tokens=False)["input_ids"] == [9707, 11, 1879, 0]
+    ids = qwen_tokenizer.convert_tokens_to_ids(["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|image_pad|>"])
+    assert ids == [151643, 151644, 151645, 151652, 151655]
+
+
+def test_training_labels_cover_only_the_answer(compact_backbone):
+    query, candidate = ["a red apple"], ["a fruit that grows on trees"]
+    inputs = compact_backbone.build_training_inputs(
+        [pointwise_messages(query, candidate, "Yes"), listwise_messages(query, [candidate, ["a car"]], 2)]
+    )
+    for row, answer in enumerate(["Yes<|im_end|>", "Ans: (2)<|im_end|>"]):
+        supervised = inputs["labels"][row][inputs["labels"][row] != IGNORE_INDEX]
+        assert compact_backbone.tokenizer.decode(supervised) == answer
+
+
+@pytest.fixture(scope="module")
+def reranker(compact_backbone):
+    return Reranker(compact_backbone, precision="fp32")
+
+
+def test_pointwise_score_is_softmax_of_yes_no_logits(compact_backbone, reranker, images):
+    query, candidates = ["a red square"], [[images[1]], ["a blue circle"], [images[0], "noise"]]
+    scores = reranker.pointwise(query, candidates)
+    for candidate, score in zip(candidates, scores, strict=True):
+        inputs = compact_backbone.build_inputs([pointwise_messages(query, candidate)], add_generation_prompt=True)
+        with torch.no_grad():
+            logits = compact_backbone.hf_model(**inputs).logits[0, -1]
+        yes, no = logits[reranker.yes_id].item(), logits[reranker.no_id].item()
+        assert score == pytest.approx(np.exp(yes) / (np.exp(yes) + np.exp(no)), abs=1e-5)
+
+
+def test_listwise_scores_are_softmax_over_serial_numbers(compact_backbone, reranker):
+    query, candidates = ["a red apple"], [["an apple"], ["a car"], ["a pear"]]
+    scores = reranker.listwise(query, candidates, window=5)
+    inputs = compact_backbone.build_inputs([listwise_messages(query, candidates)], assistant_prefix="Ans: (")
+    assert compact_backbone.tokenizer.decode(inputs["input_ids"][0][-4:]) == "\nAns: ("
+    with torch.no_grad():
+        logits = compact_backbone.hf_model(**inputs).logits[0, -1]
+    numbers = logits[[compact_backbone.tokenize(str(n))[0] for n in (1, 2, 3)]]
+    np.testing.assert_allclose(scores, numbers.softmax(-1).numpy(), atol=1e-5)
+    assert scores.sum() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_rerank_fuses_and_sorts(compact_backbone, reranker):
+    model = LamRA(compact_backbone, compact_backbone, precision="fp32")
+    candidates = ["an apple", "a car", "a pear"]
+    retrieval = [0.9, 0.1, 0.5]
+    hits = model.rerank("a red apple", candidates, retrieval_scores=retrieval, weight=0.5)
+    rerank = reranker.pointwise(["a red apple"], [[c] for c in candidates])
+    expected = fuse(np.array(retrieval), rerank, 0.5)
+    assert [h.id for h in hits] == list(np.argsort(-expected))
+    assert [h.score for h in hits] == pytest.approx(sorted(expected, reverse=True), abs=1e-5)
