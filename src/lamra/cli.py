@@ -88,6 +88,28 @@ def search(
             typer.echo(f"  {rank}. {record_id(record, i)}  {score:.3f}  {record.get('txt') or ''} {record.get('img_path') or ''}")
 
 
+@app.command()
+def serve(
+    collection: Annotated[Optional[Path], typer.Option(help="A jsonl of candidates; default: the demo collection.")] = None,
+    image_root: Annotated[Optional[Path], typer.Option(help="Root for img_path; default: the jsonl's folder.")] = None,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    model: ModelOption = None,
+    precision: PrecisionOption = "auto",
+) -> None:
+    """Serve search over a collection: HTTP API (/encode, /search) and a web page at /."""
+    import uvicorn
+
+    from lamra.collection import read_collection
+    from lamra.demo import DEMO_DIR
+    from lamra.serve.app import create_app, embed_collection
+
+    path = collection or DEMO_DIR / "collection.jsonl"
+    lamra = load_model(model, precision)
+    embedded = embed_collection(lamra, read_collection(path), image_root or path.parent)
+    uvicorn.run(create_app(lamra, embedded), host=host, port=port)
+
+
 @data_app.command("build")
 def data_build(
     name: Annotated[str, typer.Argument(help="Which benchmark to build: pocketbeir.")] = "pocketbeir",
