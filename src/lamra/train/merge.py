@@ -1,0 +1,100 @@
+"""A stage's result on disk, and ``lamra train merge``.
+
+``final/`` (written when a stage finishes):
+  compact   the light format: ``projector.safetensors``, the adapters the run started from (copied
+            from ``init_from``) and this run's adapter under ``adapters/{stage}``, listed in
+            ``lamra.json`` (``retrieval_adapters`` in folding order; the rank stage's adapter as
+            ``rank_adapter``). Stage 0 writes the projector only.
+  Qwen-VL   the peft adapter (``adapter_config.json`` + ``adapter_model.safetensors``), tokenizer beside;
+            its ``base_model_name_or_path`` is the weights the run started from.
+
+``merged/`` (``lamra train merge``): Qwen-VL -> the adapter folded into its base
+(``merge_and_unload``), full weights + tokenizer; compact -> the light format again (the adapters
+stay separate files and are folded in order at load time), so the next stage can start from it.
+Both are written to a temp folder and renamed into place.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from lamra.backbones.base import Backbone
+from lamra.checkpoints import PROJECTOR_FILE, read_light_config, save_projector, write_light_config
+from lamra.train.recipe import Recipe
+from lamra.train.stages.models import StageSetupError, is_light, load_qwen_any
+
+FINAL, MERGED = "final", "merged"
+
+
+def final_dir(recipe: Recipe) -> Path:
+    return recipe.run_dir / FINAL
+
+
+def merged_dir(recipe: Recipe) -> Path:
+    return recipe.run_dir / MERGED
+
+
+def _fresh_temp(target: Path) -> Path:
+    temp = target.with_name(f".tmp-{target.name}")
+    if temp.exists():
+        shutil.rmtree(temp)
+    temp.mkdir(parents=True)
+    return temp
+
+
+def _publish(temp: Path, target: Path) -> Path:
+    if target.exists():
+        shutil.rmtree(target)
+    os.replace(temp, target)
+    return target
+
+
+def write_final(recipe: Recipe, backbone: Backbone) -> Path:
+    target = final_dir(recipe)
+    temp = _fresh_temp(target)
+    if recipe.backbone == "compact":
+        _write_light(recipe, backbone, temp)
+    else:
+        backbone.model.save_pretrained(temp)
+        backbone.tokenizer.save_pretrained(temp)
+    return _publish(temp, target)
+
+
+def _write_light(recipe: Recipe, backbone: Backbone, out: Path) -> None:
+    adapters: list[str] = []
+    if is_light(recipe.init_from):
+        source = Path(recipe.init_from)
+        for name in read_light_config(source).get("retrieval_adapters", []):
+            shutil.copytree(source / name, out / name)
+            adapters.append(name)
+    save_projector(backbone, out / PROJECTOR_FILE)
+    rank_adapter = None
+    if recipe.stage != "stage0":
+        name = f"adapters/{recipe.stage}"
+        if name in adapters:
+            raise StageSetupError(f"{recipe.init_from} already holds {name}: start {recipe.stage} from an earlier stage")
+        backbone.model.save_pretrained(out / name)
+        if recipe.stage == "rank":
+            rank_adapter = name
+        else:
+            adapters.append(name)
+    write_light_config(out, backbone.hf_model.config.image_grid, adapters, rank_adapter)
+
+
+def merge(recipe: Recipe) -> Path:
+    """Fold the run's final adapter into its starting weights (see the module doc)."""
+    source = final_dir(recipe)
+    if not source.is_dir():
+        raise StageSetupError(f"{source} not found: train {recipe.name} to the end first")
+    target = merged_dir(recipe)
+    temp = _fresh_temp(target)
+    if recipe.backbone == "compact":
+        shutil.rmtree(temp)
+        shutil.copytree(source, temp)
+    else:
+        backbone = load_qwen_any(source, base=recipe.init_from or recipe.model)
+        backbone.hf_model.save_pretrained(temp)
+        backbone.tokenizer.save_pretrained(temp)
+    return _publish(temp, target)

@@ -1,0 +1,138 @@
+"""Mining for LamRA-Rank: the trained LamRA-Ret retrieves the top-K of each training query.
+
+Output: JSON lines, one per training query, in the order of the training file::
+
+    {"qid": "10:81", "gt_docs": ["10:283"], "top_docs": ["10:283", "10:12", ...], "scores": [0.83, 0.61, ...]}
+
+``gt_docs`` are the query's positives (``pos_cand_list``); ``top_docs`` the K best candidates of
+the training pool by cosine similarity, best first (positives included: the rank stage filters
+them), ``scores`` their similarities. Each query is encoded with its instruction (a paraphrase drawn
+by (seed, qid) for its first positive's modality, as in evaluation).
+
+Resumable: lines go to ``{out}.partial`` as they are done (flushed per chunk); a rerun skips the qids
+already there (a torn last line is dropped) and reuses the pool embeddings saved in
+``{out}.pool.pt``; when every query is done the file is renamed to ``out`` (atomic) and the pool
+file removed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from lamra.backbones.base import Backbone
+from lamra.prompts import format_mbeir_text
+from lamra.retriever import Retriever
+from lamra.train.stages.mbeir_data import MBEIRTrainData
+
+QUERY_CHUNK = 64
+
+
+def _done_qids(partial: Path) -> set[str]:
+    if not partial.is_file():
+        return set()
+    lines = partial.read_text().splitlines(keepends=True)
+    good = []
+    for line in lines:
+        try:
+            json.loads(line)
+            if line.endswith("\n"):
+                good.append(line)
+        except json.JSONDecodeError:
+            break
+    if len(good) != len(lines):  # a killed write left a torn line: cut it off
+        partial.write_text("".join(good))
+    return {json.loads(line)["qid"] for line in good}
+
+
+def _pool_key(dids: list[str]) -> str:
+    return hashlib.sha256("\n".join(dids).encode()).hexdigest()
+
+
+def mine(
+    backbone: Backbone,
+    data: MBEIRTrainData,
+    out: str | os.PathLike,
+    top_k: int = 100,
+    batch_size: int = 16,
+    precision: str = "bf16",
+    show_progress: bool = True,
+    max_queries: int | None = None,
+) -> Path:
+    """Write the mined file ``out`` (see the module doc); returns its path."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(out.name + ".partial")
+    pool_file = out.with_name(out.name + ".pool.pt")
+    retriever = Retriever(backbone, precision=precision)
+    dids = list(data.pool)
+    key = _pool_key(dids)
+
+    pool_vectors = None
+    if pool_file.is_file():
+        saved = torch.load(pool_file, weights_only=True)
+        if saved.get("key") == key:
+            pool_vectors = saved["vectors"]
+    if pool_vectors is None:
+        items = [_cand_item(data, did) for did in dids]
+        pool_vectors = retriever.encode(items, batch_size=batch_size, show_progress=show_progress,
+                                        image_root=data.image_root, convert_to_numpy=False)
+        temp = pool_file.with_name(pool_file.name + ".tmp")
+        torch.save({"key": key, "vectors": pool_vectors}, temp)
+        os.replace(temp, pool_file)
+
+    queries = data.queries[:max_queries] if max_queries else data.queries
+    done = _done_qids(partial)
+    todo = [q for q in queries if q.qid not in done]
+    k = min(top_k, len(dids))
+    bar = tqdm(total=len(queries), initial=len(queries) - len(todo), desc="mine", unit="query",
+               disable=not show_progress)
+    with partial.open("a") as handle:
+        for start in range(0, len(todo), QUERY_CHUNK):
+            chunk = todo[start : start + QUERY_CHUNK]
+            items, instructions = [], []
+            for query in chunk:
+                instruction = _instruction(data, query)
+                items.append({"txt": query.query_txt or "", "img_path": query.query_img_path})
+                instructions.append(instruction)
+            vectors = retriever.encode(_with_texts(items, instructions), batch_size=batch_size,
+                                       image_root=data.image_root, convert_to_numpy=False)
+            scores, top = (vectors @ pool_vectors.T).topk(k, dim=1)
+            for query, row_scores, row_top in zip(chunk, scores.tolist(), top.tolist(), strict=True):
+                record = {"qid": query.qid, "gt_docs": list(query.pos_cand_list),
+                          "top_docs": [dids[i] for i in row_top], "scores": [round(s, 6) for s in row_scores]}
+                handle.write(json.dumps(record) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+            bar.update(len(chunk))
+    bar.close()
+    os.replace(partial, out)
+    pool_file.unlink(missing_ok=True)
+    return out
+
+
+def _instruction(data: MBEIRTrainData, query) -> str | None:
+    positives = data.positives(query)
+    own = [did for did in positives if did.split(":", 1)[0] == query.dataset_id]
+    modality = data.pool[(own or positives)[0]].modality
+    return data.instruction(query, modality, random.Random(f"{data.seed}:{query.qid}"))
+
+
+def _with_texts(items: list[dict], instructions: list[str | None]) -> list[dict]:
+    """Query items whose text is the official ``format_mbeir_text(f"{instruction} {query_txt}")``."""
+    result = []
+    for item, instruction in zip(items, instructions, strict=True):
+        text = format_mbeir_text(f"{instruction} {item['txt']}" if instruction else item["txt"])
+        result.append({"txt": text, "img_path": item["img_path"]})
+    return result
+
+
+def _cand_item(data: MBEIRTrainData, did: str) -> dict:
+    cand = data.pool[did]
+    return {"txt": format_mbeir_text(cand.txt), "img_path": cand.img_path}

@@ -1,0 +1,149 @@
+"""LamRA-Rank training samples and the next-token step shared with stage 0.
+
+From each mined query (``lamra train mine``) three samples, with the official prompt strings:
+
+- pointwise positive: (query, a positive) -> "Yes"
+- pointwise negative: (query, a mined non-positive from its top-K) -> "No"
+- listwise: the positive and n-1 mined non-positives (n drawn from [listwise_min, listwise_max]),
+  the positive at a random place k, -> "Ans: (k)"
+
+Draws use a generator seeded by (seed, epoch, qid, kind). Only the answer tokens are supervised
+(``Backbone.build_training_inputs``). Sample index i is query i // 3, kind i % 3.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from lamra.backbones.base import IGNORE_INDEX, Backbone
+from lamra.data.mbeir import MBEIRQuery
+from lamra.prompts import MAX_RERANK_TEXT_TOKENS, NO, YES, listwise_messages, pointwise_messages
+from lamra.train.distributed import is_distributed
+from lamra.train.recipe import Recipe
+from lamra.train.stages.mbeir_data import MBEIRTrainData, Segment
+from lamra.train.stages.models import StageSetupError
+from lamra.train.trainer import autocast
+
+KINDS = ("pointwise_positive", "pointwise_negative", "listwise")
+PROMPT_TOKENS = 128  # the rerank instruction and template, left out of the per-text budget
+
+
+def read_mined(path: str | os.PathLike) -> dict[str, dict]:
+    path = Path(path)
+    if not path.is_file():
+        raise StageSetupError(f"mined file {str(path)!r} not found: run `lamra train mine` first")
+    mined = {}
+    with path.open() as handle:
+        for line_no, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                mined[record["qid"]] = record
+            except (json.JSONDecodeError, KeyError) as error:
+                raise StageSetupError(f"{path}:{line_no}: not a mined record ({error})") from None
+    return mined
+
+
+class RerankSamples:
+    """The rank stage's training samples over the queries that were mined."""
+
+    def __init__(self, data: MBEIRTrainData, mined: dict[str, dict], recipe: Recipe):
+        self.data = data
+        self.recipe = recipe
+        self.queries: list[MBEIRQuery] = []
+        self.negatives: dict[str, list[str]] = {}
+        for query in data.queries:
+            record = mined.get(query.qid)
+            if record is None:
+                continue
+            positives = set(query.pos_cand_list) | set(record.get("gt_docs", []))
+            negatives = [did for did in record["top_docs"][: recipe.mining_top_k]
+                         if did not in positives and did in data.pool]
+            if negatives:
+                self.queries.append(query)
+                self.negatives[query.qid] = negatives
+        if not self.queries:
+            raise StageSetupError("no training query has a mined non-positive: check rerank_data and train_data")
+
+    def __len__(self) -> int:
+        return 3 * len(self.queries)
+
+    def _cut(self, segments: list[Segment], items: int) -> list[Segment]:
+        budget = max(8, min(MAX_RERANK_TEXT_TOKENS, (self.recipe.max_length - PROMPT_TOKENS) // items))
+        backbone = self.backbone
+        return [backbone.truncate_text(s, budget) if isinstance(s, str) else s for s in segments]
+
+    def sample(self, index: int, epoch: int) -> list[dict]:
+        """The training conversation of sample ``index`` (ends with the assistant's answer)."""
+        query = self.queries[index // 3]
+        kind = KINDS[index % 3]
+        data = self.data
+        rng = data.rng_for(query, epoch, kind)
+        positive = rng.choice(data.positives(query))
+        instruction = data.instruction(query, data.pool[positive].modality, rng)
+        query_segments = data.query_segments(query, instruction)
+        negatives = self.negatives[query.qid]
+        if kind == "pointwise_positive":
+            return pointwise_messages(self._cut(query_segments, 2), self._cut(data.cand_segments(positive), 2), YES)
+        if kind == "pointwise_negative":
+            negative = rng.choice(negatives)
+            return pointwise_messages(self._cut(query_segments, 2), self._cut(data.cand_segments(negative), 2), NO)
+        low, high = self.recipe.listwise_min_candidates, self.recipe.listwise_max_candidates
+        count = min(rng.randint(low, high), len(negatives) + 1)
+        chosen = rng.sample(negatives, count - 1)
+        answer = rng.randrange(count)  # 0-based place of the positive
+        chosen.insert(answer, positive)
+        candidates = [self._cut(data.cand_segments(did), count + 1) for did in chosen]
+        return listwise_messages(self._cut(query_segments, count + 1), candidates, answer + 1)
+
+    backbone: Backbone  # set by the stage (text cutting needs the tokenizer)
+
+
+def answer_token_loss(backbone: Backbone, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Summed next-token cross-entropy over the supervised tokens only.
+
+    Equal to ``next_token_loss(backbone.logits_at(hidden), labels, reduction="sum")``, but the
+    vocabulary projection runs only at the positions that predict an answer token.
+    """
+    labels = labels.to(hidden.device)
+    targets = labels[:, 1:]
+    mask = targets != IGNORE_INDEX
+    if not bool(mask.any()):
+        return hidden.sum() * 0.0
+    logits = backbone.logits_at(hidden[:, :-1][mask])
+    return F.cross_entropy(logits.float(), targets[mask], reduction="sum")
+
+
+def next_token_step_fn(
+    backbone: Backbone, recipe: Recipe, conversation: Callable[[int, int], list[dict]]
+) -> Callable[[list[int], int], float]:
+    """The Trainer's step for next-token stages: micro-batches of ``chunk_size`` conversations,
+    each loss summed and divided by the global number of answer tokens (so micro-batches and
+    processes add up to the full-batch mean; the Trainer sums gradients over ranks)."""
+
+    def step(indices: list[int], epoch: int) -> float:
+        conversations = [conversation(i, epoch) for i in indices]
+        size = recipe.chunk_size or len(conversations)
+        batches = [backbone.build_training_inputs(conversations[s : s + size]) for s in range(0, len(conversations), size)]
+        tokens = torch.tensor(float(sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in batches)))
+        if is_distributed():
+            dist.all_reduce(tokens)
+        total = 0.0
+        for batch in batches:
+            labels = batch.pop("labels")
+            with autocast(recipe, backbone.device):
+                hidden = backbone.hidden_states(batch)
+                loss = answer_token_loss(backbone, hidden, labels) / tokens.clamp(min=1.0)
+            loss.backward()
+            total += float(loss.detach())
+        return total
+
+    return step

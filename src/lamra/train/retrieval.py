@@ -1,0 +1,102 @@
+"""LamRA-Ret training: stage 1 (language-only pairs) and stage 2 (M-BEIR instruction tuning).
+
+Both are InfoNCE from query to candidate over the pooled hidden state before ``<emb>`` (temperature
+from the recipe, 0.05 by default), in-batch negatives gathered across processes, optional hard
+negatives as extra columns, computed with GradCache in chunks of ``chunk_size`` examples.
+
+Examples are ``(query segments, candidate segments, [hard-negative segments, ...])``:
+
+- stage 1: ``(sent0, sent1, [hard_neg])`` from the SimCSE-style csv (no instruction);
+- stage 2: per query, a positive drawn from ``pos_cand_list`` and an instruction drawn from its
+  (dataset id, query modality, positive's modality) row, both with a generator seeded by
+  (seed, epoch, qid); the query text is ``format_mbeir_text(f"{instruction} {query_txt}")``;
+  hard negatives drawn from ``neg_cand_list`` (topped up with random pool candidates) when
+  ``hard_negatives > 0``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+from lamra.backbones.base import Backbone
+from lamra.data.textpairs import read_nli_csv
+from lamra.prompts import embedding_messages
+from lamra.retriever import embed_conversations
+from lamra.train.gradcache import GradCache
+from lamra.train.recipe import Recipe
+from lamra.train.stages.mbeir_data import MBEIRTrainData, Segment
+from lamra.train.stages.models import StageSetupError
+from lamra.train.trainer import autocast
+
+Example = tuple[list[Segment], list[Segment], list[list[Segment]]]
+
+# Room left for the chat template and the summarise suffix when cutting texts to max_length.
+TEMPLATE_TOKENS = 32
+
+
+def read_text_pairs(recipe: Recipe) -> list[Example]:
+    if not recipe.train_data:
+        raise StageSetupError(f"recipe {recipe.name!r} (stage1) needs `train_data` (the text-pair csv)")
+    pairs = []
+    for sent0, sent1, hard_neg in read_nli_csv(recipe.train_data):
+        if recipe.hard_negatives and hard_neg is None:
+            raise StageSetupError(f"{recipe.train_data}: hard_negatives > 0 but a row has no hard_neg")
+        pairs.append(([sent0], [sent1], [[hard_neg]] if recipe.hard_negatives else []))
+        if recipe.max_train_examples and len(pairs) >= recipe.max_train_examples:
+            break
+    if recipe.hard_negatives > 1:
+        raise StageSetupError("the text-pair csv has one hard negative per row: set hard_negatives to 0 or 1")
+    return pairs
+
+
+def stage2_example(data: MBEIRTrainData, index: int, epoch: int, hard_negatives: int = 0) -> Example:
+    query = data.queries[index]
+    rng = data.rng_for(query, epoch, "stage2")
+    positive = rng.choice(data.positives(query))
+    instruction = data.instruction(query, data.pool[positive].modality, rng)
+    negatives: list[list[Segment]] = []
+    if hard_negatives:
+        listed = [did for did in query.neg_cand_list if did in data.pool and did not in query.pos_cand_list]
+        chosen = rng.sample(listed, min(hard_negatives, len(listed)))
+        pool_ids = list(data.pool)
+        while len(chosen) < hard_negatives:  # top up so every query has the same number of columns
+            did = pool_ids[rng.randrange(len(pool_ids))]
+            if did not in query.pos_cand_list and did not in chosen:
+                chosen.append(did)
+        negatives = [data.cand_segments(did) for did in chosen]
+    return data.query_segments(query, instruction), data.cand_segments(positive), negatives
+
+
+def make_embed_fn(backbone: Backbone, recipe: Recipe) -> Callable[[Sequence[list[Segment]]], torch.Tensor]:
+    """Segments of a sub-batch -> pooled embeddings (with a graph when grad is enabled)."""
+    max_text = max(8, recipe.max_length - TEMPLATE_TOKENS)
+
+    def embed(batch: Sequence[list[Segment]]) -> torch.Tensor:
+        conversations = [
+            embedding_messages([backbone.truncate_text(s, max_text) if isinstance(s, str) else s for s in segments])
+            for segments in batch
+        ]
+        with autocast(recipe, backbone.device):
+            return embed_conversations(backbone, conversations)
+
+    return embed
+
+
+def contrastive_step_fn(
+    backbone: Backbone, recipe: Recipe, example: Callable[[int, int], Example]
+) -> Callable[[list[int], int], float]:
+    """The Trainer's step: GradCache over this rank's shard (loss gathered over ranks)."""
+    cache = GradCache(make_embed_fn(backbone, recipe), recipe.chunk_size, temperature=recipe.temperature)
+
+    def step(indices: list[int], epoch: int) -> float:
+        examples = [example(i, epoch) for i in indices]
+        queries = [e[0] for e in examples]
+        candidates = [e[1] for e in examples]
+        if recipe.hard_negatives:
+            negatives = [neg for e in examples for neg in e[2]]
+            return float(cache.step(queries, candidates, negatives))
+        return float(cache.step(queries, candidates))
+
+    return step

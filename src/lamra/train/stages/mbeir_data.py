@@ -1,0 +1,120 @@
+"""M-BEIR-format training data as the stages see it: queries with their positives in the pool,
+instructions drawn per query, records turned into segments (images loaded once and kept).
+
+The image root is the data root: the folder above ``query/`` (M-BEIR's ``img_path`` values are
+relative to it).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image
+
+from lamra.data.mbeir import (
+    MBEIRCandidate,
+    MBEIRQuery,
+    cand_pool_dict,
+    normalize_modality,
+    read_instructions,
+    read_jsonl,
+)
+from lamra.items import load_image
+from lamra.prompts import format_mbeir_text
+from lamra.train.recipe import Recipe
+from lamra.train.stages.models import StageSetupError
+
+Segment = str | Image.Image
+
+
+def data_root_of(path: str | Path) -> Path:
+    """The M-BEIR root above a query or pool file (the first parent holding ``query/`` or ``cand_pool/``)."""
+    path = Path(path).resolve()
+    for parent in path.parents:
+        if (parent / "query").is_dir() or (parent / "cand_pool").is_dir():
+            return parent
+    return path.parents[2] if len(path.parents) > 2 else path.parent
+
+
+def _require(recipe: Recipe, *keys: str) -> None:
+    for key in keys:
+        value = getattr(recipe, key)
+        if not value:
+            raise StageSetupError(f"recipe {recipe.name!r} ({recipe.stage}) needs `{key}`")
+        if not Path(value).is_file():
+            raise StageSetupError(f"recipe {recipe.name!r}: {key} {value!r} not found (build the data first?)")
+
+
+@dataclass
+class MBEIRTrainData:
+    queries: list[MBEIRQuery]
+    pool: dict[str, MBEIRCandidate]
+    instructions: dict[tuple[str, str, str], list[str]] | None
+    image_root: Path
+    seed: int
+
+    @classmethod
+    def from_recipe(cls, recipe: Recipe, need_instructions: bool = True) -> MBEIRTrainData:
+        _require(recipe, "train_data", "cand_pool", *(("instructions",) if need_instructions else ()))
+        pool = cand_pool_dict(read_jsonl(recipe.cand_pool, "candidate"))
+        queries = []
+        for query in read_jsonl(recipe.train_data, "query"):
+            if any(did in pool for did in query.pos_cand_list):  # a query without a positive cannot train
+                queries.append(query)
+            if recipe.max_train_examples and len(queries) >= recipe.max_train_examples:
+                break
+        if not queries:
+            raise StageSetupError(f"{recipe.train_data}: no query has a positive in {recipe.cand_pool}")
+        instructions = read_instructions(recipe.instructions) if recipe.instructions else None
+        return cls(queries, pool, instructions, data_root_of(recipe.train_data), recipe.seed)
+
+    def __post_init__(self) -> None:
+        self._images: dict[str, Image.Image] = {}
+
+    def __len__(self) -> int:
+        return len(self.queries)
+
+    # --- records -> segments ---------------------------------------------------------------------
+    def image(self, img_path: str) -> Image.Image:
+        if img_path not in self._images:
+            self._images[img_path] = load_image(img_path, self.image_root)
+        return self._images[img_path]
+
+    def positives(self, query: MBEIRQuery) -> list[str]:
+        return [did for did in query.pos_cand_list if did in self.pool]
+
+    def instruction(self, query: MBEIRQuery, cand_modality: str, rng: random.Random) -> str | None:
+        if self.instructions is None:
+            return None
+        key = (query.dataset_id, normalize_modality(query.query_modality), normalize_modality(cand_modality))
+        prompts = self.instructions.get(key)
+        if not prompts:
+            raise StageSetupError(f"no instruction for dataset {key[0]}, {key[1]} -> {key[2]}")
+        return rng.choice(prompts)
+
+    def query_segments(self, query: MBEIRQuery, instruction: str | None) -> list[Segment]:
+        """Image first, then ``format_mbeir_text(f"{instruction} {query_txt}")`` (official)."""
+        text = query.query_txt or ""
+        text = format_mbeir_text(f"{instruction} {text}" if instruction else text)
+        segments: list[Segment] = []
+        if query.query_img_path:
+            segments.append(self.image(query.query_img_path))
+        if text:
+            segments.append(text)
+        return segments
+
+    def cand_segments(self, did: str) -> list[Segment]:
+        cand = self.pool[did]
+        segments: list[Segment] = []
+        if cand.img_path:
+            segments.append(self.image(cand.img_path))
+        text = format_mbeir_text(cand.txt)
+        if text:
+            segments.append(text)
+        return segments
+
+    def rng_for(self, query: MBEIRQuery, epoch: int, purpose: str) -> random.Random:
+        """A generator seeded by (seed, epoch, qid, purpose): draws do not depend on batch order."""
+        return random.Random(f"{self.seed}:{epoch}:{query.qid}:{purpose}")

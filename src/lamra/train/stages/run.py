@@ -1,0 +1,89 @@
+"""``run_stage(recipe)``: load the starting model, set up what trains, run the loop, write ``final/``."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from lamra.train.distributed import barrier, init_distributed, is_main_process
+from lamra.train.recipe import Recipe
+from lamra.train.trainer import TrainResult, Trainer, seed_everything
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class StageResult:
+    train: TrainResult
+    final_dir: Path | None  # None when stopped early (stop_after)
+    num_examples: int
+
+    @property
+    def losses(self) -> list[float]:
+        return self.train.losses
+
+
+def run_stage(recipe: Recipe, stop_after: int | None = None, show_progress: bool = True) -> StageResult:
+    """Train one stage as its recipe says (resuming its run directory if it has checkpoints)."""
+    from lamra.train.lora import add_lora, train_projector_only
+    from lamra.train.merge import write_final
+    from lamra.train.stages.models import load_training_backbone
+
+    init_distributed()
+    seed_everything(recipe.seed)  # same on every rank: identical LoRA / projector initialisation
+    backbone = load_training_backbone(recipe, role="rank" if recipe.stage == "rank" else "retrieval")
+    seed_everything(recipe.seed)
+    if recipe.stage == "stage0":
+        train_projector_only(backbone)
+        model = backbone.hf_model
+    else:
+        add_lora(backbone, recipe.lora_r, recipe.lora_alpha, recipe.lora_dropout)
+        model = backbone.model
+    step_fn, num_examples, reduction = _stage_step(recipe, backbone)
+    trainer = Trainer(recipe, model, num_examples, step_fn, grad_reduction=reduction)
+    result = trainer.train(stop_after=stop_after, show_progress=show_progress)
+    final = None
+    if trainer.finished:
+        if is_main_process():
+            final = write_final(recipe, backbone)
+        barrier()
+        final = final or recipe.run_dir / "final"
+    return StageResult(result, final, num_examples)
+
+
+def _stage_step(recipe: Recipe, backbone):
+    from lamra.train import align, rerank, retrieval
+    from lamra.train.stages.mbeir_data import MBEIRTrainData
+
+    if recipe.stage == "stage0":
+        data = MBEIRTrainData.from_recipe(recipe, need_instructions=False)
+        captions = align.training_captions(data)
+        if recipe.max_train_examples:
+            captions = captions[: recipe.max_train_examples]
+
+        def conversation(index: int, epoch: int):
+            img_path, caption = captions[index]
+            return align.caption_messages(data.image(img_path), caption)
+
+        return rerank.next_token_step_fn(backbone, recipe, conversation), len(captions), "sum"
+    if recipe.stage == "stage1":
+        pairs = retrieval.read_text_pairs(recipe)
+        return retrieval.contrastive_step_fn(backbone, recipe, lambda i, e: pairs[i]), len(pairs), "mean"
+    if recipe.stage == "stage2":
+        data = MBEIRTrainData.from_recipe(recipe)
+
+        def example(index: int, epoch: int):
+            return retrieval.stage2_example(data, index, epoch, recipe.hard_negatives)
+
+        return retrieval.contrastive_step_fn(backbone, recipe, example), len(data), "mean"
+    if recipe.stage == "rank":
+        data = MBEIRTrainData.from_recipe(recipe)
+        if not recipe.rerank_data:
+            from lamra.train.stages.models import StageSetupError
+
+            raise StageSetupError(f"recipe {recipe.name!r} (rank) needs `rerank_data` (lamra train mine)")
+        samples = rerank.RerankSamples(data, rerank.read_mined(recipe.rerank_data), recipe)
+        samples.backbone = backbone
+        return rerank.next_token_step_fn(backbone, recipe, samples.sample), len(samples), "sum"
+    raise ValueError(f"unknown stage {recipe.stage!r}")

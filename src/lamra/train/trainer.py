@@ -1,0 +1,191 @@
+"""The optimisation loop every stage shares: order, optimizer, schedule, checkpoints, progress.
+
+A stage supplies ``step_fn(indices, epoch) -> loss``: it runs the forward/backward passes of this
+process's shard of the batch (``indices`` into its example list) and leaves the gradients in
+``.grad``. The loop then makes the gradients equal to a one-process run over the global batch
+(``grad_reduction``: "mean" for the gathered contrastive loss, whose backward already holds W times
+the gradient on each rank; "sum" for next-token losses divided by the global token count), clips,
+steps AdamW and the cosine schedule, logs, and checkpoints every ``save_every`` steps. The batch of
+each step is a pure function of (seed, step) (``BatchOrder``), so a resumed run continues exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from tqdm.auto import tqdm
+
+from lamra.retriever import autocast_for
+from lamra.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from lamra.train.distributed import all_reduce_mean, is_distributed, is_main_process, rank, world_size
+from lamra.train.recipe import Recipe, save_recipe
+from lamra.train.schedule import BatchOrder, cosine_with_warmup, count_training_steps
+
+StepFn = Callable[[list[int], int], float]
+LOSS_LOG = "losses.jsonl"
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    total_steps: int
+    start_step: int
+    losses: list[float] = field(default_factory=list)  # the steps run in this call
+    seconds_per_step: float | None = None
+
+    @property
+    def resumed(self) -> bool:
+        return self.start_step > 0
+
+
+def autocast(recipe: Recipe, device: torch.device):
+    """bf16 autocast when the recipe asks for it (CPU included), else fp32."""
+    return autocast_for(device, "bf16" if recipe.bf16 else "fp32")
+
+
+def seed_everything(seed: int) -> None:
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def sync_gradients(params: list[torch.nn.Parameter], reduction: str) -> None:
+    """All-reduce the gradients of ``params`` in one flat buffer ("mean" or "sum" over ranks)."""
+    if not is_distributed():
+        return
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    if reduction == "mean":
+        flat /= world_size()
+    offset = 0
+    for p, g in zip(params, grads):
+        n = g.numel()
+        p.grad = flat[offset : offset + n].view_as(p).clone()
+        offset += n
+
+
+class Trainer:
+    def __init__(
+        self,
+        recipe: Recipe,
+        model: torch.nn.Module,
+        num_examples: int,
+        step_fn: StepFn,
+        grad_reduction: str = "mean",
+        desc: str | None = None,
+    ) -> None:
+        if grad_reduction not in ("mean", "sum"):
+            raise ValueError(f"grad_reduction must be 'mean' or 'sum', got {grad_reduction!r}")
+        self.recipe = recipe
+        self.model = model
+        self.step_fn = step_fn
+        self.grad_reduction = grad_reduction
+        self.desc = desc or recipe.stage
+        self.run_dir = recipe.run_dir
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        if not self.params:
+            raise ValueError("nothing to train: no parameter requires a gradient")
+        self.total_steps = count_training_steps(num_examples, recipe.batch_size, recipe.epochs, recipe.max_steps)
+        self.order = BatchOrder(num_examples, recipe.batch_size, recipe.seed, world_size())
+        self.optimizer = torch.optim.AdamW(self.params, lr=recipe.lr, weight_decay=recipe.weight_decay)
+        self.scheduler = cosine_with_warmup(self.optimizer, self.total_steps, recipe.warmup_ratio)
+
+    def train(self, stop_after: int | None = None, show_progress: bool = True) -> TrainResult:
+        """Train to the end (or stop after step ``stop_after``, as a kill would); resumes from the
+        latest checkpoint of the run directory when there is one."""
+        recipe = self.recipe
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if is_main_process():
+            save_recipe(recipe, self.run_dir / "recipe.yaml")
+        start = 0
+        latest = latest_checkpoint(self.run_dir)
+        if latest is not None:
+            state = load_checkpoint(latest, self.model, self.optimizer, self.scheduler)
+            if state.extra.get("total_steps") not in (None, self.total_steps):
+                raise ValueError(
+                    f"{latest} belongs to a run of {state.extra['total_steps']} steps, this recipe has "
+                    f"{self.total_steps}: use a fresh output_dir"
+                )
+            start = state.step
+        self._truncate_log(start)
+        result = TrainResult(self.run_dir, self.total_steps, start)
+        end = self.total_steps if stop_after is None else min(stop_after, self.total_steps)
+        self.model.train()
+        bar = tqdm(
+            total=self.total_steps, initial=start, desc=f"{recipe.name or self.desc}",
+            unit="step", disable=not (show_progress and is_main_process()),
+        )
+        times = []
+        for step in range(start, end):
+            began = time.perf_counter()
+            indices = self.order.rank_indices(step, rank())
+            self.optimizer.zero_grad(set_to_none=True)
+            loss = float(self.step_fn(indices, self.order.epoch_of(step)))
+            sync_gradients(self.params, self.grad_reduction)
+            if recipe.max_grad_norm:
+                torch.nn.utils.clip_grad_norm_(self.params, recipe.max_grad_norm)
+            lr = self.optimizer.param_groups[0]["lr"]
+            self.optimizer.step()
+            self.scheduler.step()
+            if self.grad_reduction == "sum":  # each rank holds its share of the global mean
+                loss = all_reduce_mean(loss) * world_size()
+            elapsed = time.perf_counter() - began
+            times.append(elapsed)
+            speed = recipe.batch_size / elapsed
+            result.losses.append(loss)
+            self._log({"step": step + 1, "loss": loss, "lr": lr, "examples_per_s": round(speed, 3),
+                       "seconds": round(elapsed, 3)})
+            bar.set_postfix(loss=f"{loss:.4f}", ex_s=f"{speed:.1f}")
+            bar.update(1)
+            done = step + 1
+            if done % recipe.save_every == 0 or done == self.total_steps:
+                save_checkpoint(self.run_dir, done, self.model, self.optimizer, self.scheduler,
+                                data_state={"seed": recipe.seed, "batch_size": recipe.batch_size},
+                                extra={"total_steps": self.total_steps, "stage": recipe.stage},
+                                keep_last=recipe.keep_checkpoints)
+        bar.close()
+        self.model.eval()
+        if times:
+            result.seconds_per_step = sum(times) / len(times)
+        return result
+
+    @property
+    def finished(self) -> bool:
+        latest = latest_checkpoint(self.run_dir)
+        return latest is not None and int(latest.name.split("-")[1]) >= self.total_steps
+
+    def _log(self, record: dict) -> None:
+        if not is_main_process() or not self.recipe.log_every or record["step"] % self.recipe.log_every:
+            return
+        with open(self.run_dir / LOSS_LOG, "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+    def _truncate_log(self, step: int) -> None:
+        """Drop log lines past the checkpoint we resume from (they are about to be redone)."""
+        path = self.run_dir / LOSS_LOG
+        if not is_main_process() or not path.is_file():
+            return
+        kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+        temp = path.with_suffix(".tmp")
+        temp.write_text("".join(line + "\n" for line in kept))
+        os.replace(temp, path)
+
+
+def read_loss_log(run_dir: str | os.PathLike) -> list[dict]:
+    path = Path(run_dir) / LOSS_LOG
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
