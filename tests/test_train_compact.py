@@ -1,0 +1,83 @@
+"""The compact LMM through every stage with the smoke recipes on a slice of the fixture data (a few
+steps each: its forward/backward costs ~1 s per small batch on 2 cores): stage 0 aligns the projector,
+stage 1/2 train LoRA, mining and rank run, and the light checkpoints load as LamRA-Ret and -Rank."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from train_helpers import HAVE_SOURCES, make_slice, overrides
+
+from lamra.checkpoints import read_light_config
+from lamra.train.recipe import load_recipe
+from lamra.train.stages import run_stage
+
+pytestmark = pytest.mark.skipif(not HAVE_SOURCES, reason="PocketBEIR sources not installed")
+SMALL = dict(batch_size=4, chunk_size=4, save_every=100, warmup_ratio=0.0, max_train_examples=8)
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory):
+    from lamra.train.merge import merge
+    from lamra.train.mining import mine
+    from lamra.train.stages import load_retriever
+    from lamra.train.stages.mbeir_data import MBEIRTrainData
+
+    data = make_slice(tmp_path_factory.mktemp("train-data"), num_queries=8, num_pairs=8, extra_pool=8)
+    runs = tmp_path_factory.mktemp("runs")
+    out = {}
+    r0 = load_recipe("smoke-stage0", overrides(data, runs, "stage0", **SMALL, max_steps=4, lr=3e-3))
+    out["stage0"] = run_stage(r0, show_progress=False)
+    stage0 = str(out["stage0"].final_dir)
+    r1 = load_recipe("smoke-stage1", overrides(data, runs, "stage1", **SMALL, max_steps=4, lr=3e-3, init_from=stage0))
+    out["stage1"] = run_stage(r1, show_progress=False)
+    out["merged1"] = merge(r1)
+    r2 = load_recipe("smoke-stage2", overrides(data, runs, "stage2", **SMALL, max_steps=2, init_from=str(out["merged1"])))
+    out["stage2"] = run_stage(r2, show_progress=False)
+    mined = runs / "mined_top10.jsonl"
+    out["mined"] = mine(load_retriever(out["stage2"].final_dir), MBEIRTrainData.from_recipe(r2), mined, top_k=10,
+                        show_progress=False)
+    rr = load_recipe("smoke-rank", overrides(data, runs, "rank", **{**SMALL, "batch_size": 3, "chunk_size": 3},
+                                             max_steps=2, init_from=stage0, rerank_data=str(mined)))
+    out["rank"] = run_stage(rr, show_progress=False)
+    return out
+
+
+def test_stage0_aligns_projector(chain):
+    result = chain["stage0"]
+    assert result.losses[-1] < result.losses[0], result.losses
+    config = read_light_config(result.final_dir)
+    assert config["retrieval_adapters"] == [] and config["image_grid"] == 2
+    assert (result.final_dir / "projector.safetensors").is_file()
+
+
+def test_stage1_loss_falls(chain):
+    losses = chain["stage1"].losses
+    assert losses[-1] < losses[0], losses
+
+
+def test_light_checkpoints_list_adapters_in_order(chain):
+    config = read_light_config(chain["stage2"].final_dir)
+    assert config["retrieval_adapters"] == ["adapters/stage1", "adapters/stage2"]
+    assert read_light_config(chain["merged1"])["retrieval_adapters"] == ["adapters/stage1"]
+    rank = read_light_config(chain["rank"].final_dir)
+    assert rank["rank_adapter"] == "adapters/rank" and rank["retrieval_adapters"] == []
+    assert all(torch.isfinite(torch.tensor(chain[k].losses)).all() for k in ("stage2", "rank"))
+
+
+def test_trained_models_load_and_run(chain, images):
+    from lamra import LamRA
+
+    ret = LamRA.from_pretrained(chain["stage2"].final_dir, precision="bf16")
+    vectors = ret.encode(["a red square", images[1]])
+    assert vectors.shape == (2, 576) and abs(float((vectors[0] ** 2).sum()) - 1) < 1e-3
+    rank = LamRA.from_pretrained(chain["rank"].final_dir, reranker=chain["rank"].final_dir, precision="bf16")
+    hits = rank.rerank("a red square", ["a red square", "a blue circle"], mode="pointwise")
+    assert len(hits) == 2
+
+
+def test_mined_lines(chain):
+    records = [json.loads(line) for line in chain["mined"].read_text().splitlines()]
+    assert records and all(len(r["top_docs"]) == 10 for r in records)
