@@ -1,0 +1,153 @@
+"""Training pieces on their own: LoRA placement, samples of each stage, the answer-token loss, mining
+resume, CLI errors."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import torch
+from train_helpers import HAVE_SOURCES, make_slice, overrides
+
+from lamra.prompts import LISTWISE_INSTRUCTION, POINTWISE_INSTRUCTION
+from lamra.train.recipe import load_recipe
+
+needs_data = pytest.mark.skipif(not HAVE_SOURCES, reason="PocketBEIR sources not installed")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    if not HAVE_SOURCES:
+        pytest.skip("PocketBEIR sources not installed")
+    return make_slice(tmp_path_factory.mktemp("unit-data"))
+
+
+def test_lora_only_on_language_model_linears_qwen(tiny_qwen_dirs):
+    from lamra.backbones.qwen_vl import QwenVLBackbone
+    from lamra.train.lora import add_lora
+
+    backbone = QwenVLBackbone.from_pretrained(tiny_qwen_dirs["qwen2_vl"])
+    names = add_lora(backbone, 4, 8, 0.0)
+    assert len(names) == 2 * 7  # 2 layers x q,k,v,o,gate,up,down
+    assert not any("visual" in n or "lm_head" in n for n in names)
+    trainable = [n for n, p in backbone.model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+
+
+def test_lora_pattern_on_compact_hits_exactly_the_lm_linears(compact_backbone):
+    pattern = compact_backbone.lora_target_modules
+    hit = [n for n, m in compact_backbone.hf_model.named_modules() if re.fullmatch(pattern, n)]
+    assert len(hit) == 30 * 7
+    assert all(isinstance(compact_backbone.hf_model.get_submodule(n), torch.nn.Linear) for n in hit)
+    assert all(n.startswith("language_model.model.layers.") for n in hit)
+
+
+def test_answer_token_loss_equals_next_token_loss():
+    from lamra.train.losses import next_token_loss
+    from lamra.train.rerank import answer_token_loss
+
+    torch.manual_seed(0)
+    head = torch.nn.Linear(8, 11, bias=False)
+    backbone = type("B", (), {"logits_at": lambda self, h: head(h)})()
+    hidden = torch.randn(2, 5, 8)
+    labels = torch.tensor([[-100, -100, 3, 4, -100], [-100, 1, 2, 7, 9]])
+    expected = next_token_loss(head(hidden), labels, reduction="sum")
+    assert torch.allclose(answer_token_loss(backbone, hidden, labels), expected, atol=1e-5)
+
+
+@needs_data
+def test_stage2_examples_are_seeded_and_official(data):
+    from lamra.train.retrieval import stage2_example
+    from lamra.train.stages.mbeir_data import MBEIRTrainData
+
+    recipe = load_recipe("smoke-stage2", overrides(data, data_path(data), "stage2"))
+    train = MBEIRTrainData.from_recipe(recipe)
+    first = [stage2_example(train, i, 0, hard_negatives=2) for i in range(len(train))]
+    again = [stage2_example(train, i, 0, hard_negatives=2) for i in range(len(train))]
+    assert [_texts(e) for e in first] == [_texts(e) for e in again]
+    text_query = next(i for i, q in enumerate(train.queries) if q.query_modality == "text")
+    query_text = first[text_query][0][-1]
+    instructions = [p for k, v in train.instructions.items() for p in v if k[0] == train.queries[text_query].dataset_id]
+    assert any(query_text.startswith(p + " ") for p in instructions), query_text
+    assert query_text.endswith(".") and all(len(e[2]) == 2 for e in first)
+
+
+@needs_data
+def test_rank_samples(data, compact_backbone, tmp_path):
+    from lamra.train.rerank import RerankSamples
+    from lamra.train.stages.mbeir_data import MBEIRTrainData
+
+    recipe = load_recipe("smoke-rank", overrides(data, tmp_path, "rank"))
+    train = MBEIRTrainData.from_recipe(recipe)
+    mined = {q.qid: {"qid": q.qid, "gt_docs": q.pos_cand_list,
+                     "top_docs": q.pos_cand_list[:1] + [d for d in list(train.pool)[:12] if d not in q.pos_cand_list]}
+             for q in train.queries}
+    samples = RerankSamples(train, mined, recipe)
+    samples.backbone = compact_backbone
+    assert len(samples) == 3 * len(train.queries)
+    for index in range(0, 12, 3):
+        yes, no, listwise = (samples.sample(index + k, 0) for k in range(3))
+        assert yes[0]["content"][0]["text"] == POINTWISE_INSTRUCTION and yes[1]["content"][0]["text"] == "Yes"
+        assert no[1]["content"][0]["text"] == "No"
+        assert listwise[0]["content"][0]["text"] == LISTWISE_INSTRUCTION
+        answer = listwise[1]["content"][0]["text"]
+        k = int(re.fullmatch(r"Ans: \((\d)\)", answer).group(1))
+        numbers = [p["text"] for p in listwise[0]["content"] if p["type"] == "text" and re.fullmatch(r"\(\d\) ", p["text"])]
+        assert 2 <= len(numbers) <= 5 and 1 <= k <= len(numbers)
+
+
+@needs_data
+def test_stage0_captions_come_from_training_queries(data):
+    from lamra.train.align import training_captions
+    from lamra.train.stages.mbeir_data import MBEIRTrainData
+
+    recipe = load_recipe("smoke-stage0", overrides(data, data_path(data), "stage0"))
+    train = MBEIRTrainData.from_recipe(recipe, need_instructions=False)
+    captions = training_captions(train)
+    images = {q.query_img_path for q in train.queries} | {train.pool[d].img_path for q in train.queries for d in q.pos_cand_list if d in train.pool}
+    assert captions and all(img in images for img, _ in captions)
+
+
+@needs_data
+def test_mining_resumes_and_finalises_atomically(data, tiny_qwen_dirs, tmp_path):
+    from lamra.backbones.qwen_vl import QwenVLBackbone
+    from lamra.train.mining import mine
+    from lamra.train.stages.mbeir_data import MBEIRTrainData
+
+    recipe = load_recipe("smoke-qwen2vl-rank", overrides(data, tmp_path, "rank"))
+    train = MBEIRTrainData.from_recipe(recipe)
+    backbone = QwenVLBackbone.from_pretrained(tiny_qwen_dirs["qwen2_vl"])
+    whole = mine(backbone, train, tmp_path / "a.jsonl", top_k=5, show_progress=False)
+    out = tmp_path / "b.jsonl"
+    lines = whole.read_text().splitlines(keepends=True)
+    partial = out.with_name(out.name + ".partial")
+    partial.write_text("".join(lines[:5]) + lines[5][:20])  # killed mid-line
+    mine(backbone, train, out, top_k=5, show_progress=False)
+    assert not partial.exists()
+    got = [json.loads(line) for line in out.read_text().splitlines()]
+    want = [json.loads(line) for line in lines]
+    assert [r["qid"] for r in got] == [r["qid"] for r in want]
+    assert [r["top_docs"] for r in got] == [r["top_docs"] for r in want]
+
+
+def test_cli_rejects_a_recipe_of_another_stage():
+    from typer.testing import CliRunner
+
+    from lamra.train.cli import train_app
+
+    result = CliRunner().invoke(train_app, ["stage2", "--recipe", "smoke-stage1"])
+    assert result.exit_code != 0 and "stage1 recipe" in result.output
+
+
+def data_path(data):
+    from pathlib import Path
+
+    return Path(data["root"]) / "runs"
+
+
+def _texts(example):
+    def flat(segments):
+        return [s if isinstance(s, str) else s.tobytes()[:64] for s in segments]
+
+    return flat(example[0]), flat(example[1]), [flat(n) for n in example[2]]
