@@ -16,6 +16,15 @@ app = typer.Typer(help="LamRA: a large multimodal model as a universal retrieval
 data_app = typer.Typer(help="Build and inspect M-BEIR-format data.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
+
+def _mount_train() -> None:
+    from lamra.train.cli import train_app
+
+    app.add_typer(train_app, name="train", help="Train LamRA-Ret (stages 0/1/2) and LamRA-Rank; mine; merge.")
+
+
+_mount_train()
+
 ModelOption = Annotated[
     Optional[str],
     typer.Option("--model", "-m", help="Checkpoint dir or hub id; default: the shipped compact model."),
