@@ -137,7 +137,8 @@ def mine(
         data = MBEIRTrainData.from_recipe(loaded)
         backbone = load_retriever(source, base=loaded.model)
         path = run_mining(backbone, data, target, top_k=top_k or loaded.mining_top_k, batch_size=batch_size,
-                          precision="bf16" if loaded.bf16 else "fp32", show_progress=not quiet)
+                          precision="bf16" if loaded.bf16 else "fp32", show_progress=not quiet,
+                          pool_size=loaded.mining_pool_size)
     except (StageSetupError, FileNotFoundError, ValueError) as error:
         _fail(error)
         return

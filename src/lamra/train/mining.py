@@ -64,14 +64,19 @@ def mine(
     precision: str = "bf16",
     show_progress: bool = True,
     max_queries: int | None = None,
+    pool_size: int | None = None,
 ) -> Path:
-    """Write the mined file ``out`` (see the module doc); returns its path."""
+    """Write the mined file ``out`` (see the module doc); returns its path.
+
+    ``pool_size`` mines in a smaller pool: the positives of the mined queries plus a sample (seeded)
+    of the other candidates up to ``pool_size`` in all -- for budgets that cannot encode the pool."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(out.name + ".partial")
     pool_file = out.with_name(out.name + ".pool.pt")
     retriever = Retriever(backbone, precision=precision)
-    dids = list(data.pool)
+    queries = data.queries[:max_queries] if max_queries else data.queries
+    dids = mining_pool(data, queries, pool_size)
     key = _pool_key(dids)
 
     pool_vectors = None
@@ -87,7 +92,6 @@ def mine(
         torch.save({"key": key, "vectors": pool_vectors}, temp)
         os.replace(temp, pool_file)
 
-    queries = data.queries[:max_queries] if max_queries else data.queries
     done = _done_qids(partial)
     todo = [q for q in queries if q.qid not in done]
     k = min(top_k, len(dids))
@@ -115,6 +119,18 @@ def mine(
     os.replace(partial, out)
     pool_file.unlink(missing_ok=True)
     return out
+
+
+def mining_pool(data: MBEIRTrainData, queries, pool_size: int | None) -> list[str]:
+    """The dids to mine in: the whole pool, or the queries' positives plus a seeded sample."""
+    dids = list(data.pool)
+    if not pool_size or pool_size >= len(dids):
+        return dids
+    positives = {did for query in queries for did in data.positives(query)}
+    others = sorted(set(dids) - positives)
+    sample = random.Random(f"{data.seed}:mining-pool").sample(others, max(0, pool_size - len(positives)))
+    keep = positives | set(sample)
+    return [did for did in dids if did in keep]
 
 
 def _instruction(data: MBEIRTrainData, query) -> str | None:

@@ -66,6 +66,7 @@ class Recipe:
 
     # Reranker data (stage rank).
     mining_top_k: int = 100
+    mining_pool_size: int | None = None  # mine in the positives + a seeded sample of this many (CPU budgets)
     listwise_min_candidates: int = 2
     listwise_max_candidates: int = 5
 
