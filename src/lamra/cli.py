@@ -119,6 +119,67 @@ def serve(
     uvicorn.run(create_app(lamra, embedded), host=host, port=port)
 
 
+@app.command()
+def index(
+    pool: Annotated[Path, typer.Argument(help="An M-BEIR candidate pool jsonl.")],
+    out: Annotated[Path, typer.Option(help="Index directory (written atomically; a killed run resumes).")],
+    image_root: Annotated[Optional[Path], typer.Option(help="Root for img_path; default: the M-BEIR root.")] = None,
+    nlist: Annotated[Optional[int], typer.Option(help="IVF lists (default: exact flat index).")] = None,
+    batch_size: int = 32,
+    model: ModelOption = None,
+    precision: PrecisionOption = "auto",
+) -> None:
+    """Encode a candidate pool into a FAISS index that loads without the model."""
+    from lamra.evaluate.runner import index_pool
+
+    built = index_pool(load_model(model, precision), pool, out, model_name=model or "compact",
+                       image_root=image_root, batch_size=batch_size, nlist=nlist)
+    typer.echo(f"indexed {len(built)} candidates -> {out}")
+
+
+@app.command("eval")
+def evaluate(
+    data_root: Annotated[Path, typer.Argument(help="An M-BEIR-format directory (real M-BEIR or PocketBEIR).")],
+    split: str = "test",
+    pools: Annotated[str, typer.Option(help="Comma-separated: local, global.")] = "local",
+    tasks: Annotated[Optional[str], typer.Option(help="Comma-separated task keys or dataset names.")] = None,
+    rerank: Annotated[Optional[str], typer.Option(help="pointwise or listwise (needs a reranker).")] = None,
+    rerank_top_k: int = 10,
+    rerank_weight: float = 1.0,
+    minilm: Annotated[bool, typer.Option(help="Also evaluate the all-MiniLM-L6-v2 text baseline.")] = False,
+    out: Annotated[Path, typer.Option(help="Where results.json and TREC runs go.")] = Path("results/eval"),
+    results_md: Annotated[Optional[Path], typer.Option(help="Also write a markdown page of tables.")] = None,
+    batch_size: int = 32,
+    model: ModelOption = None,
+    reranker: Annotated[Optional[str], typer.Option(help="LamRA-Rank checkpoint (Qwen-VL).")] = None,
+    precision: PrecisionOption = "auto",
+) -> None:
+    """Evaluate on M-BEIR-format data: Recall@K per task, local/global pools, optional reranking."""
+    import sys
+
+    from lamra.evaluate.runner import RerankMethod, evaluate_and_write, model_reranker
+
+    lamra = load_model(model, precision, reranker=reranker)
+    name = "LamRA-Ret" if model is None else Path(model).name or str(model)
+    methods = {name: lamra}
+    rerankers = {}
+    if rerank:
+        rerankers[name] = [RerankMethod(f"{name} + {rerank} rerank (top {rerank_top_k})",
+                                        model_reranker(lamra, data_root, mode=rerank), rerank_top_k,
+                                        default_weight=rerank_weight)]
+    if minilm:
+        from lamra.evaluate.baselines import MiniLMEncoder
+
+        methods["all-MiniLM-L6-v2"] = MiniLMEncoder()
+    written = evaluate_and_write(
+        methods, data_root, out, command="lamra " + " ".join(sys.argv[1:]), results_md=results_md,
+        rerankers=rerankers, split=split, pools=tuple(p.strip() for p in pools.split(",")),
+        tasks=[t.strip() for t in tasks.split(",")] if tasks else None, batch_size=batch_size,
+    )
+    for path in written:
+        typer.echo(f"wrote {path}")
+
+
 @data_app.command("build")
 def data_build(
     name: Annotated[str, typer.Argument(help="Which benchmark to build: pocketbeir.")] = "pocketbeir",
@@ -140,5 +201,16 @@ def data_build(
     typer.echo(f"built {path}")
 
 
+def run() -> None:
+    """The ``lamra`` console entry point: bad input is one clear line on stderr, exit status 2."""
+    from lamra.items import InputError
+
+    try:
+        app(standalone_mode=True)
+    except InputError as error:
+        typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
+        raise SystemExit(2) from None
+
+
 if __name__ == "__main__":
-    app()
+    run()

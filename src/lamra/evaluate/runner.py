@@ -308,6 +308,9 @@ class _PoolCache:
         self.indexes: dict[Path, tuple[VectorIndex, float]] = {}
         self.pool_modalities: dict[Path, set[str]] = {}
         self.query_vectors: dict[str, tuple[np.ndarray, float]] = {}  # task key -> (vectors, seconds)
+        # A did names the same candidate in every pool file (M-BEIR's convention), so a candidate
+        # embedded for a local pool is reused for the global pool instead of being encoded again.
+        self.candidate_vectors: dict[str, np.ndarray] = {}
 
     def pool_path(self, pool: str, task: EvalTask, split: str) -> Path:
         if pool == "local":
@@ -349,8 +352,12 @@ class _PoolCache:
                                         pool_path=path, batch_size=self.batch_size, nlist=nlist,
                                         show_progress=self.show_progress)
         else:
-            vectors = encode_in_batches(encode, items, batch_size=self.batch_size,
-                                        show_progress=self.show_progress, desc=f"encoding {path.stem}")
+            missing = [i for i, did in enumerate(ids) if did not in self.candidate_vectors]
+            if missing:
+                fresh = encode_in_batches(encode, [items[i] for i in missing], batch_size=self.batch_size,
+                                          show_progress=self.show_progress, desc=f"encoding {path.stem}")
+                self.candidate_vectors.update((ids[i], vector) for i, vector in zip(missing, fresh))
+            vectors = np.stack([self.candidate_vectors[did] for did in ids])
             index = VectorIndex.from_vectors(vectors, ids, model_name=self.model_name, nlist=nlist,
                                              assume_normalised=True)
         self.indexes[path] = (index, time.perf_counter() - start)

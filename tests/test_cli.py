@@ -1,0 +1,57 @@
+"""The command line: search a collection, bad input as one clear line, eval on the fixture benchmark."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+from typer.testing import CliRunner
+
+from lamra.cli import app
+from lamra.demo import DEMO_DIR
+
+runner = CliRunner()
+
+
+def write_collection(tmp_path, lines):
+    path = tmp_path / "collection.jsonl"
+    path.write_text("".join(line + "\n" for line in lines))
+    for name in ("1f431.png", "1f436.png"):
+        shutil.copy(DEMO_DIR / name, tmp_path / name)
+    return path
+
+
+def test_search_prints_ranked_hits(tmp_path):
+    collection = write_collection(tmp_path, [
+        json.dumps({"did": "cat", "img_path": "1f431.png"}),
+        json.dumps({"did": "dog", "img_path": "1f436.png"}),
+        json.dumps({"did": "text", "txt": "a short note about the weather"}),
+    ])
+    result = runner.invoke(app, ["search", "@" + str(DEMO_DIR / "1f431.png"), "--collection", str(collection),
+                                 "--top-k", "3"])
+    assert result.exit_code == 0, result.output
+    ranked = [line.split()[1] for line in result.output.splitlines() if line.strip()[:2] in ("1.", "2.", "3.")]
+    assert ranked[0] == "cat"  # the query image itself is in the collection
+    assert sorted(ranked) == ["cat", "dog", "text"]
+
+
+def test_malformed_collection_line_is_named(tmp_path):
+    collection = write_collection(tmp_path, [json.dumps({"did": "a", "txt": "fine"}), "{not json"])
+    result = runner.invoke(app, ["search", "query", "--collection", str(collection)])
+    assert result.exit_code != 0
+    assert f"{collection}:2: malformed JSON" in str(result.exception)
+
+
+def test_console_entry_turns_input_errors_into_one_line(tmp_path, monkeypatch, capsys):
+    import sys
+
+    import pytest
+
+    from lamra.cli import run
+
+    missing = tmp_path / "missing.jsonl"
+    monkeypatch.setattr(sys, "argv", ["lamra", "search", "query", "--collection", str(missing)])
+    with pytest.raises(SystemExit) as exit_info:
+        run()
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip() == f"error: collection file not found: {str(missing)!r}"
