@@ -137,9 +137,15 @@ class Backbone(ABC):
     def hidden_states(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         """Last-layer hidden states (after the final norm), shape (batch, seq, hidden)."""
 
-    @abstractmethod
+    @property
+    def hf_model(self):
+        """The transformers model under any peft wrapper."""
+        model = self.model
+        return model.get_base_model() if hasattr(model, "get_base_model") else model
+
     def output_embeddings(self) -> torch.nn.Module:
         """The lm_head: maps hidden states to next-token logits."""
+        return self.hf_model.get_output_embeddings()
 
     def logits_at(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.output_embeddings()(hidden)

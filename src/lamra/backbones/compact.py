@@ -112,11 +112,6 @@ class CompactBackbone(Backbone):
         return cls(model, tokenizer)
 
     @property
-    def hf_model(self) -> CompactLMMForConditionalGeneration:
-        model = self.model
-        return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-    @property
     def lora_target_modules(self) -> str:
         return r".*language_model\.model\.layers\.\d+\.(self_attn|mlp)\.\w+_proj"
 
@@ -143,6 +138,3 @@ class CompactBackbone(Backbone):
     def hidden_states(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         inputs = {k: v.to(self.device) for k, v in inputs.items()}
         return self.hf_model.last_hidden_state(**inputs)
-
-    def output_embeddings(self) -> torch.nn.Module:
-        return self.hf_model.get_output_embeddings()

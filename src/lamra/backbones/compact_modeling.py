@@ -139,6 +139,12 @@ class CompactLMMForConditionalGeneration(PreTrainedModel):
         return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
     # --- forward ---------------------------------------------------------------------------------
+    def _language_inputs(self, input_ids, attention_mask, pixel_values, image_features, position_ids):
+        embeds = self.embed_inputs(input_ids, pixel_values, image_features)
+        if position_ids is None and attention_mask is not None:
+            position_ids = self.positions_from_mask(attention_mask)
+        return embeds, position_ids
+
     def last_hidden_state(
         self,
         input_ids: torch.Tensor,
@@ -147,9 +153,8 @@ class CompactLMMForConditionalGeneration(PreTrainedModel):
         image_features: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        embeds = self.embed_inputs(input_ids, pixel_values, image_features)
-        if position_ids is None and attention_mask is not None:
-            position_ids = self.positions_from_mask(attention_mask)
+        embeds, position_ids = self._language_inputs(input_ids, attention_mask, pixel_values, image_features,
+                                                     position_ids)
         output = self.language_model.model(
             inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
         )
@@ -165,9 +170,8 @@ class CompactLMMForConditionalGeneration(PreTrainedModel):
         labels: torch.Tensor | None = None,
         **kwargs,
     ):
-        embeds = self.embed_inputs(input_ids, pixel_values, image_features)
-        if position_ids is None and attention_mask is not None:
-            position_ids = self.positions_from_mask(attention_mask)
+        embeds, position_ids = self._language_inputs(input_ids, attention_mask, pixel_values, image_features,
+                                                     position_ids)
         return self.language_model(
             inputs_embeds=embeds,
             attention_mask=attention_mask,

@@ -127,12 +127,6 @@ class QwenVLBackbone(Backbone):
         return cls(model, tokenizer)
 
     @property
-    def hf_model(self):
-        """The transformers model under any peft wrapper."""
-        model = self.model
-        return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-    @property
     def lora_target_modules(self) -> str:
         # The language model's Linears only: not the vision tower (model.visual), not lm_head.
         return r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
@@ -180,6 +174,3 @@ class QwenVLBackbone(Backbone):
         if "pixel_values" in inputs:
             inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
         return self.hf_model.model(**inputs, use_cache=False).last_hidden_state
-
-    def output_embeddings(self) -> torch.nn.Module:
-        return self.hf_model.get_output_embeddings()
