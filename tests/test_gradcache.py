@@ -142,10 +142,10 @@ def test_embed_fn_that_is_not_deterministic_is_reported():
 
     def shrinking(x):
         calls.append(1)
-        return model(x)[: 2 if len(calls) > 2 else None]
+        return model(x)[: 1 if len(calls) > 4 else None]
 
     with pytest.raises(RuntimeError, match="second pass"):
-        GradCache(shrinking, 3).step(*batches(3))
+        GradCache(shrinking, 2).step(*batches(4))  # two chunks a side: the cached two-pass path
 
 
 def test_bf16_autocast_embeddings():
@@ -166,3 +166,16 @@ def test_bf16_autocast_embeddings():
     expected = grads(reference_model)
     for name, got in grads(cached_model).items():
         torch.testing.assert_close(got, expected[name], rtol=0.05, atol=0.02)
+
+
+def test_one_chunk_per_side_takes_the_single_pass_path():
+    """When the batch fits one chunk, each side is embedded once (no no-grad pass)."""
+    calls = []
+    model = make_encoder()
+
+    def counted(x):
+        calls.append(torch.is_grad_enabled())
+        return model(x)
+
+    GradCache(counted, 8).step(*batches(4))
+    assert calls == [True, True]

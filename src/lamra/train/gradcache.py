@@ -130,6 +130,11 @@ class GradCache:
     def step(self, *batches: Any) -> torch.Tensor:
         """One loss + backward over `batches` (queries, candidates, optional hard negatives)."""
         chunked = [self._chunks(batch) for batch in batches]
+        if all(len(chunks) == 1 for chunks in chunked):
+            # Every side fits in one forward: plain backprop gives the same gradients, one pass fewer.
+            loss = self.loss_fn(*(self.embed_fn(chunks[0]) for chunks in chunked))
+            loss.backward()
+            return loss.detach()
 
         # Pass 1: embeddings without a graph; the RNG state before each sub-batch is kept.
         snapshots: list[list[RngSnapshot | None]] = []
