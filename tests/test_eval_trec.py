@@ -8,7 +8,6 @@ import pytest
 from lamra.evaluate.metrics import evaluate_run, recall_at_k
 from lamra.evaluate.trec import read_run, trec_eval_means, trec_order, write_qrels, write_run
 
-pytest.importorskip("pytrec_eval")
 
 
 def random_run_and_qrels(seed: int = 0, queries: int = 40, pool: int = 30, depth: int = 20):

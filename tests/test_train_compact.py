@@ -8,13 +8,12 @@ import json
 
 import pytest
 import torch
-from train_helpers import HAVE_SOURCES, make_slice, overrides
+from train_helpers import make_slice, overrides
 
 from lamra.checkpoints import read_light_config
 from lamra.train.recipe import load_recipe
 from lamra.train.stages import run_stage
 
-pytestmark = pytest.mark.skipif(not HAVE_SOURCES, reason="PocketBEIR sources not installed")
 SMALL = dict(batch_size=4, chunk_size=4, save_every=100, warmup_ratio=0.0, max_train_examples=8)
 
 

@@ -10,14 +10,12 @@ import subprocess
 import sys
 
 import pytest
-import torch
 from safetensors.torch import load_file
-from train_helpers import HAVE_SOURCES, make_slice, overrides
+from train_helpers import make_slice, overrides
 
 from lamra.train.recipe import load_recipe
 from lamra.train.stages import run_stage
 
-pytestmark = pytest.mark.skipif(not HAVE_SOURCES, reason="PocketBEIR sources not installed")
 
 
 def free_port() -> int:

@@ -9,12 +9,11 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file
-from train_helpers import HAVE_SOURCES, make_slice, overrides
+from train_helpers import make_slice, overrides
 
 from lamra.train.recipe import load_recipe
 from lamra.train.stages import run_stage
 
-pytestmark = pytest.mark.skipif(not HAVE_SOURCES, reason="PocketBEIR sources not installed")
 FAST = dict(lr=0.01, max_steps=8, batch_size=8, chunk_size=4, save_every=4, warmup_ratio=0.0)
 
 

@@ -8,18 +8,13 @@ import re
 
 import pytest
 import torch
-from train_helpers import HAVE_SOURCES, make_slice, overrides
+from train_helpers import make_slice, overrides
 
 from lamra.prompts import LISTWISE_INSTRUCTION, POINTWISE_INSTRUCTION
 from lamra.train.recipe import load_recipe
 
-needs_data = pytest.mark.skipif(not HAVE_SOURCES, reason="PocketBEIR sources not installed")
-
-
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    if not HAVE_SOURCES:
-        pytest.skip("PocketBEIR sources not installed")
     return make_slice(tmp_path_factory.mktemp("unit-data"))
 
 
@@ -56,7 +51,6 @@ def test_answer_token_loss_equals_next_token_loss():
     assert torch.allclose(answer_token_loss(backbone, hidden, labels), expected, atol=1e-5)
 
 
-@needs_data
 def test_stage2_examples_are_seeded_and_official(data):
     from lamra.train.retrieval import stage2_example
     from lamra.train.stages.mbeir_data import MBEIRTrainData
@@ -73,7 +67,6 @@ def test_stage2_examples_are_seeded_and_official(data):
     assert query_text.endswith(".") and all(len(e[2]) == 2 for e in first)
 
 
-@needs_data
 def test_rank_samples(data, compact_backbone, tmp_path):
     from lamra.train.rerank import RerankSamples
     from lamra.train.stages.mbeir_data import MBEIRTrainData
@@ -97,7 +90,6 @@ def test_rank_samples(data, compact_backbone, tmp_path):
         assert 2 <= len(numbers) <= 5 and 1 <= k <= len(numbers)
 
 
-@needs_data
 def test_stage0_captions_come_from_training_queries(data):
     from lamra.train.align import training_captions
     from lamra.train.stages.mbeir_data import MBEIRTrainData
@@ -109,7 +101,6 @@ def test_stage0_captions_come_from_training_queries(data):
     assert captions and all(img in images for img, _ in captions)
 
 
-@needs_data
 def test_mining_resumes_and_finalises_atomically(data, tiny_qwen_dirs, tmp_path):
     from lamra.backbones.qwen_vl import QwenVLBackbone
     from lamra.train.mining import mine
