@@ -21,7 +21,6 @@ from PIL import Image
 from lamra import LamRA
 from lamra.backbones.compact import CompactBackbone, VisionFeatureCache
 from lamra.demo import DEMO_DIR, load_collection
-from lamra.prompts import embedding_messages
 
 EFFICIENTNET_LITE0_FLOPS = 2 * 385e6  # 385M multiply-adds at 224x224 (Tan & Le, 2019)
 

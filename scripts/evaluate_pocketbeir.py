@@ -37,7 +37,7 @@ from lamra.evaluate.runner import (
 from lamra.evaluate.tables import results_page, write_markdown
 
 COMMAND = ".venv/bin/python scripts/evaluate_pocketbeir.py all"
-TEST_QUERIES, VAL_QUERIES, DISTRACTOR_CONCEPTS = 50, 20, 60
+TEST_QUERIES, VAL_QUERIES, DISTRACTOR_CONCEPTS = 50, 25, 100
 OUT = Path("results/pocketbeir")
 CHECKPOINTS = {
     "Base (stage 0 only)": "runs/compact-stage0/final",
