@@ -42,11 +42,10 @@ OUT = Path("results/pocketbeir")
 CHECKPOINTS = {
     "Base (stage 0 only)": "runs/compact-stage0/final",
     "Stage 1 only": "runs/compact-stage1/final",
-    "LamRA-Ret": "runs/compact-stage2/final",
+    "LamRA-Ret": "src/lamra/weights/compact",  # the shipped package: retrieval + rank adapters
 }
 METHOD_KEYS = {"base": "Base (stage 0 only)", "stage1": "Stage 1 only", "ret": "LamRA-Ret",
                "minilm": "all-MiniLM-L6-v2"}
-RANK_CHECKPOINT = "runs/compact-rank/final"
 # Table 8 analogue: the R@1-style tasks where a top-5 rerank can change R@1, local pools only.
 SPEED_TASKS = ["emojiname_task0", "wordnetpassage_task1"]
 SPEED_METHODS = ["pointwise, top 5", "listwise, top 5"]
@@ -84,10 +83,7 @@ def memoised(rerank):
 def load_lamra(name: str):
     from lamra import LamRA
 
-    if name == "LamRA-Ret":
-        model = LamRA.from_pretrained(CHECKPOINTS[name], reranker=RANK_CHECKPOINT)
-    else:
-        model = LamRA.from_pretrained(CHECKPOINTS[name])
+    model = LamRA.from_pretrained(CHECKPOINTS[name])  # the shipped package brings its reranker
     model.name = name
     return model
 

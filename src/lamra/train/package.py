@@ -6,10 +6,15 @@
 ``RANK_FINAL`` the rank stage's ``final/`` (same stage-0 projector + the rank adapter). Adapter and
 projector tensors are stored in bfloat16 (half the bytes; LoRA deltas lose nothing that matters at
 this scale). Written to a temp folder and renamed into place.
+
+To fit the 30 MB budget, the stage-1 and stage-2 adapters are folded into one retrieval delta per
+module (exact: merging them in order adds their deltas) and that rank-32 sum is cut to its best
+rank-``RETRIEVAL_RANK`` approximation by SVD; the packaged model is what gets evaluated.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -19,6 +24,46 @@ from safetensors.torch import load_file, save_file
 
 from lamra.assets import atomic_directory
 from lamra.checkpoints import PROJECTOR_FILE, read_light_config, write_light_config
+
+
+RETRIEVAL_RANK = 28
+
+
+def lora_deltas(adapter_dir: Path) -> dict[str, torch.Tensor]:
+    """Module name -> its weight delta ``scale * B @ A`` (float32)."""
+    config = json.loads((adapter_dir / "adapter_config.json").read_text())
+    scale = config["lora_alpha"] / config["r"]
+    tensors = load_file(adapter_dir / "adapter_model.safetensors")
+    deltas = {}
+    for key in tensors:
+        if key.endswith(".lora_A.weight"):
+            module = key.removesuffix(".lora_A.weight")
+            b, a = tensors[f"{module}.lora_B.weight"].float(), tensors[key].float()
+            deltas[module] = scale * b @ a
+    return deltas
+
+
+def fold_adapters(adapter_dirs: list[Path], out: Path, rank: int) -> float:
+    """Write one peft adapter whose delta is the best rank-``rank`` approximation of the sum of the
+    adapters' deltas; returns the largest relative (Frobenius) error over modules."""
+    total: dict[str, torch.Tensor] = {}
+    for adapter_dir in adapter_dirs:
+        for module, delta in lora_deltas(adapter_dir).items():
+            total[module] = total[module] + delta if module in total else delta
+    tensors, worst = {}, 0.0
+    for module, delta in total.items():
+        u, singular, vh = torch.linalg.svd(delta, full_matrices=False)
+        root = singular[:rank].sqrt()
+        b, a = u[:, :rank] * root, root[:, None] * vh[:rank]
+        worst = max(worst, float((delta - b @ a).norm() / delta.norm().clamp_min(1e-12)))
+        tensors[f"{module}.lora_A.weight"] = a.to(torch.bfloat16).contiguous()
+        tensors[f"{module}.lora_B.weight"] = b.to(torch.bfloat16).contiguous()
+    out.mkdir(parents=True)
+    save_file(tensors, str(out / "adapter_model.safetensors"))
+    config = json.loads((adapter_dirs[-1] / "adapter_config.json").read_text())
+    config.update(r=rank, lora_alpha=rank, lora_dropout=0.0)  # scale 1: the factors carry it
+    (out / "adapter_config.json").write_text(json.dumps(config, indent=2) + "\n")
+    return worst
 
 
 def to_bf16(path: Path) -> None:
@@ -37,12 +82,16 @@ def package_compact(retrieval_final: Path, rank_final: Path, out_dir: Path) -> P
     staging = atomic_directory(out_dir)
     try:
         shutil.copy(retrieval_final / PROJECTOR_FILE, staging.path / PROJECTOR_FILE)
-        for name in retrieval["retrieval_adapters"]:
-            shutil.copytree(retrieval_final / name, staging.path / name)
-        shutil.copytree(rank_final / rank["rank_adapter"], staging.path / "adapters" / "rank")
+        adapters = [retrieval_final / name for name in retrieval["retrieval_adapters"]]
+        error = fold_adapters(adapters, staging.path / "adapters" / "retrieval", RETRIEVAL_RANK)
+        print(f"retrieval adapters folded to rank {RETRIEVAL_RANK}: worst relative error {error:.4f}")
+        rank_dir = staging.path / "adapters" / "rank"
+        rank_dir.mkdir(parents=True)
+        for name in ("adapter_config.json", "adapter_model.safetensors"):
+            shutil.copy(rank_final / rank["rank_adapter"] / name, rank_dir / name)
         for tensors in staging.path.rglob("*.safetensors"):
             to_bf16(tensors)
-        write_light_config(staging.path, retrieval["image_grid"], retrieval["retrieval_adapters"], "adapters/rank")
+        write_light_config(staging.path, retrieval["image_grid"], ["adapters/retrieval"], "adapters/rank")
         staging.commit()
     except BaseException:
         staging.abort()
