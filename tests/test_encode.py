@@ -157,3 +157,42 @@ def test_vision_features_are_computed_once(compact_backbone, images):
     assert len(cache) == 2
     np.testing.assert_allclose(model.encode([images[0]])[0], first[0], atol=1e-6)
     assert len(cache) == 2
+
+
+def test_global_image_token_is_the_map_mean_before_the_grid(compact_backbone, images):
+    from lamra.backbones.compact_modeling import preprocess_images
+
+    model = compact_backbone.hf_model
+    pixels = preprocess_images([images[0].convert("RGB")])
+    grid_only = model.image_features(pixels)
+    maps = model.vision_tower.extract_features(pixels)
+    model.config.global_image_token = True
+    try:
+        with_global = model.image_features(pixels)
+        assert model.config.num_image_tokens == grid_only.shape[1] + 1
+    finally:
+        model.config.global_image_token = False
+    assert with_global.shape[1] == grid_only.shape[1] + 1
+    torch.testing.assert_close(with_global[:, 0], maps.mean(dim=(2, 3)).float())
+    torch.testing.assert_close(with_global[:, 1:], grid_only)
+
+
+def test_vision_features_persist_to_disk_and_load_without_the_tower(compact_backbone, images, tmp_path, monkeypatch):
+    from lamra.backbones.compact import VisionFeatureCache
+
+    first = VisionFeatureCache()
+    assert first.persist_to(tmp_path, "layout") == 0
+    computed = first.get_many(compact_backbone.hf_model, list(images))
+    shard = first.flush()
+    assert shard is not None and shard.parent == tmp_path / "layout" and first.flush() is None
+    assert not list((tmp_path / "layout").glob("*.tmp"))
+
+    second = VisionFeatureCache()
+    assert second.persist_to(tmp_path, "layout") == 2
+    assert VisionFeatureCache().persist_to(tmp_path, "another-layout") == 0  # layouts never mix
+
+    def no_tower(*args, **kwargs):
+        raise AssertionError("the tower ran although the features were on disk")
+
+    monkeypatch.setattr(compact_backbone.hf_model, "image_features", no_tower)
+    torch.testing.assert_close(second.get_many(compact_backbone.hf_model, list(images)), computed)

@@ -29,6 +29,15 @@ def test_info_nce_matches_the_formula_and_is_one_directional():
     assert reference_info_nce(c, q, 0.05) == pytest.approx(info_nce(c, q).item(), rel=1e-10)
 
 
+def test_symmetric_info_nce_averages_both_directions_and_ignores_hard_negatives_backwards():
+    generator = torch.Generator().manual_seed(2)
+    q = torch.randn(5, 8, dtype=torch.float64, generator=generator)
+    c = torch.randn(5, 8, dtype=torch.float64, generator=generator)
+    hard = torch.randn(5, 2, 8, dtype=torch.float64, generator=generator)
+    expected = (reference_info_nce(q, c, 0.05, hard) + reference_info_nce(c, q, 0.05)) / 2
+    assert info_nce(q, c, 0.05, hard, symmetric=True).item() == pytest.approx(expected, rel=1e-10)
+
+
 def test_info_nce_normalises_its_inputs_and_uses_the_temperature():
     generator = torch.Generator().manual_seed(1)
     q = torch.randn(5, 4, dtype=torch.float64, generator=generator)

@@ -15,7 +15,7 @@ from lamra.train.recipe import (
     recipe_from_dict,
     save_recipe,
 )
-from lamra.train.schedule import BatchOrder, cosine_lr_factor, cosine_with_warmup, count_training_steps
+from lamra.train.schedule import BatchOrder, GroupedBatchOrder, cosine_lr_factor, cosine_with_warmup, count_training_steps
 
 SHIPPED = sorted(REPO_RECIPES_DIR.glob("*.yaml"))
 
@@ -134,3 +134,18 @@ def test_batch_order_is_a_function_of_seed_and_step():
     assert order.rank_indices(1, 0) + order.rank_indices(1, 1) == order.global_indices(1)
     with pytest.raises(ValueError, match="split evenly"):
         BatchOrder(10, 5, seed=0, num_ranks=2)
+
+
+def test_grouped_batch_order_draws_each_batch_from_one_group():
+    groups = [list(range(0, 9)), list(range(9, 13)), list(range(13, 15))]  # the last cannot fill a batch
+    order = GroupedBatchOrder(groups, global_batch_size=4, seed=5, num_ranks=2)
+    assert order.steps_per_epoch == 3  # 2 batches from the first group, 1 from the second
+    epoch0 = [order.global_indices(step) for step in range(3)]
+    for batch in epoch0:
+        assert len(batch) == 4 and any(set(batch) <= set(group) for group in groups)
+    assert len({i for batch in epoch0 for i in batch}) == 12  # no repeats within an epoch
+    assert [order.global_indices(step) for step in range(3, 6)] != epoch0  # reshuffled per epoch
+    assert GroupedBatchOrder(groups, 4, seed=5, num_ranks=2).global_indices(4) == order.global_indices(4)
+    assert order.rank_indices(2, 0) + order.rank_indices(2, 1) == order.global_indices(2)
+    with pytest.raises(ValueError, match="full batch"):
+        GroupedBatchOrder([[0, 1, 2], [3, 4]], global_batch_size=4, seed=0)

@@ -66,6 +66,26 @@ def test_light_checkpoints_list_adapters_in_order(chain):
     assert all(torch.isfinite(torch.tensor(chain[k].losses)).all() for k in ("stage2", "rank"))
 
 
+def test_stage2_trains_the_projector_and_packaging_keeps_one_per_role(chain, tmp_path):
+    from safetensors.torch import load_file
+
+    from lamra.checkpoints import load_light_compact
+    from lamra.train.package import package_compact
+
+    stage2, rank = chain["stage2"].final_dir, chain["rank"].final_dir
+    assert read_light_config(stage2)["global_image_token"] is True
+    trained, aligned = load_file(stage2 / "projector.safetensors"), load_file(rank / "projector.safetensors")
+    assert any(not torch.equal(trained[k], aligned[k]) for k in trained)
+    packaged = package_compact(stage2, rank, tmp_path / "packaged")
+    config = read_light_config(packaged)
+    assert config["roles"]["retrieval"]["global_image_token"] is True
+    assert config["roles"]["rank"]["global_image_token"] is False
+    ret, rer = load_light_compact(packaged, "retrieval"), load_light_compact(packaged, "rank")
+    assert ret.hf_model.config.num_image_tokens == 5 and rer.hf_model.config.num_image_tokens == 4
+    packed = load_file(packaged / config["roles"]["retrieval"]["projector"])
+    assert all(torch.equal(packed[k], trained[k].to(torch.bfloat16)) for k in trained)
+
+
 def test_trained_models_load_and_run(chain, images):
     from lamra import LamRA
 

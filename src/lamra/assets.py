@@ -25,7 +25,7 @@ SMOLLM2_DIRNAME = "smollm2-135m-instruct"
 
 
 def lamra_home() -> Path:
-    return Path(os.environ.get("LAMRA_HOME", Path.home() / ".cache" / "lamra")).expanduser()
+    return Path(os.environ.get("LAMRA_HOME") or Path.home() / ".cache" / "lamra").expanduser()  # "" = unset
 
 
 def package_dir(module: str) -> Path:

@@ -3,12 +3,16 @@
 The language model and vision tower come from their PyPI packages, so a trained compact LamRA is
 just a projector and LoRA adapters::
 
-    lamra.json                  {"format": 1, "image_grid": 3, "retrieval_adapters": [...], "rank_adapter": ...}
-    projector.safetensors       the aligned MLP projector (stage 0)
+    lamra.json                  {"format": 1, "image_grid": 3, "global_image_token": false,
+                                 "retrieval_adapters": [...], "rank_adapter": ..., "roles": {...}}
+    projector.safetensors       the MLP projector (stage 0's, or the one trained on with the adapters)
     adapters/<name>/            peft adapters (adapter_config.json + adapter_model.safetensors)
 
 LamRA-Ret = base + projector + its retrieval adapters folded in order (stage 1, then stage 2, each
 trained on the previous one merged, as the paper does). LamRA-Rank = base + projector + its adapter.
+The compact recipes train the projector in stage 2 while the reranker keeps stage 0's, so a packaged
+model may give each role its own vision settings: ``roles: {"retrieval": {"projector": FILE,
+"global_image_token": true}, "rank": {...}}``; a role without an entry uses the top-level ones.
 """
 
 from __future__ import annotations
@@ -55,23 +59,37 @@ def load_light_compact(
     role: str = "retrieval",
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
+    global_image_token: bool = False,
 ) -> CompactBackbone:
-    """Rebuild LamRA-Ret (``role="retrieval"``) or LamRA-Rank (``role="rank"``) from a light checkpoint."""
+    """Rebuild LamRA-Ret (``role="retrieval"``) or LamRA-Rank (``role="rank"``) from a light checkpoint.
+
+    ``global_image_token=True`` adds the global visual token to a checkpoint trained without it (the
+    projector is per token, so it applies unchanged): how a stage starts using it.
+    """
     path = Path(path)
     config = read_light_config(path)
-    backbone = CompactBackbone.from_parts(image_grid=config["image_grid"])
-    projector = load_file(path / PROJECTOR_FILE)
+    if role not in ("retrieval", "rank"):
+        raise ValueError(f"role must be 'retrieval' or 'rank', got {role!r}")
+    vision = role_vision(config, role)
+    backbone = CompactBackbone.from_parts(
+        image_grid=config["image_grid"], global_image_token=global_image_token or vision["global_image_token"]
+    )
+    projector = load_file(path / vision["projector"])
     backbone.hf_model.multi_modal_projector.load_state_dict(projector)
     if role == "retrieval":
         adapters = config.get("retrieval_adapters", [])
     elif role == "rank":
         adapters = [config["rank_adapter"]] if config.get("rank_adapter") else []
-    else:
-        raise ValueError(f"role must be 'retrieval' or 'rank', got {role!r}")
     for name in adapters:
         fold_adapter(backbone, path / name)
     backbone.model.to(device=device, dtype=dtype).eval()
     return backbone
+
+
+def role_vision(config: dict, role: str) -> dict:
+    """The projector file and visual-token layout one role (retrieval / rank) runs with."""
+    default = {"projector": PROJECTOR_FILE, "global_image_token": bool(config.get("global_image_token", False))}
+    return {**default, **config.get("roles", {}).get(role, {})}
 
 
 def save_projector(backbone: CompactBackbone, path: str | os.PathLike, dtype=torch.bfloat16) -> None:
@@ -79,14 +97,24 @@ def save_projector(backbone: CompactBackbone, path: str | os.PathLike, dtype=tor
     save_file(state, str(path))
 
 
-def write_light_config(path: str | os.PathLike, image_grid: int, retrieval_adapters: list[str], rank_adapter: str | None) -> None:
+def write_light_config(
+    path: str | os.PathLike,
+    image_grid: int,
+    retrieval_adapters: list[str],
+    rank_adapter: str | None,
+    global_image_token: bool = False,
+    roles: dict[str, dict] | None = None,
+) -> None:
     config = {
         "format": FORMAT_VERSION,
         "backbone": "compact",
         "image_grid": image_grid,
+        "global_image_token": global_image_token,
         "retrieval_adapters": retrieval_adapters,
         "rank_adapter": rank_adapter,
     }
+    if roles:
+        config["roles"] = roles
     target = Path(path) / CONFIG_NAME
     tmp = target.with_suffix(".tmp")
     tmp.write_text(json.dumps(config, indent=2) + "\n")

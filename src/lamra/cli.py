@@ -147,6 +147,8 @@ def evaluate(
     rerank_top_k: int = 10,
     rerank_weight: float = 1.0,
     minilm: Annotated[bool, typer.Option(help="Also evaluate the all-MiniLM-L6-v2 text baseline.")] = False,
+    vision_tower: Annotated[bool, typer.Option(
+        help="Also evaluate the frozen EfficientNet-Lite0 trunk (mean-pooled, image-only tasks).")] = False,
     out: Annotated[Path, typer.Option(help="Where results.json and TREC runs go.")] = Path("results/eval"),
     results_md: Annotated[Optional[Path], typer.Option(help="Also write a markdown page of tables.")] = None,
     batch_size: int = 32,
@@ -171,6 +173,10 @@ def evaluate(
         from lamra.evaluate.baselines import MiniLMEncoder
 
         methods["all-MiniLM-L6-v2"] = MiniLMEncoder()
+    if vision_tower:
+        from lamra.evaluate.baselines import VisionTowerEncoder
+
+        methods[VisionTowerEncoder.name] = VisionTowerEncoder()
     written = evaluate_and_write(
         methods, data_root, out, command="lamra " + " ".join(sys.argv[1:]), results_md=results_md,
         rerankers=rerankers, split=split, pools=tuple(p.strip() for p in pools.split(",")),
@@ -178,6 +184,22 @@ def evaluate(
     )
     for path in written:
         typer.echo(f"wrote {path}")
+
+
+@app.command()
+def diagnose(
+    data_root: Annotated[Path, typer.Argument(help="An M-BEIR-format directory (its global pool is sampled).")],
+    split: str = "val",
+    per_modality: Annotated[int, typer.Option(help="Items sampled per modality (seeded).")] = 48,
+    model: ModelOption = None,
+    precision: PrecisionOption = "auto",
+) -> None:
+    """Does the model tell items apart? Mean pairwise cosine of different items, per modality."""
+    from lamra.evaluate.diagnostics import embedding_spread, spread_table
+
+    if per_modality < 2:
+        raise typer.BadParameter(f"--per-modality must be at least 2, got {per_modality}")
+    typer.echo(spread_table(embedding_spread(load_model(model, precision), data_root, split, per_modality)))
 
 
 @data_app.command("build")

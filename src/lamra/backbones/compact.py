@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import uuid
 from collections import OrderedDict
+from pathlib import Path
 
 import torch
 from PIL import Image
@@ -26,11 +28,49 @@ AutoModel.register(CompactLMMConfig, CompactLMMForConditionalGeneration, exist_o
 
 
 class VisionFeatureCache:
-    """Frozen-tower features keyed by image content, so each image is run through EfficientNet once."""
+    """Frozen-tower features keyed by image content, so each image is run through EfficientNet once.
 
-    def __init__(self, max_items: int = 50_000):
+    ``persist_to(folder)`` also keeps them on disk (safetensors shards, one per ``flush``; written to a
+    temp file and renamed, so processes sharing a folder never see half a shard): the tower and its
+    weights never change, so a feature is a pure function of the image and the visual-token layout,
+    and training runs and evaluations of the same images stop paying ~50 ms per image each time.
+    """
+
+    def __init__(self, max_items: int = 50_000, flush_every: int = 1024):
         self.max_items = max_items
+        self.flush_every = flush_every  # when persisted: write a shard once this many are new
         self._store: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self._folder: Path | None = None
+        self._unsaved: set[str] = set()
+
+    def persist_to(self, folder: str | os.PathLike, layout: str) -> int:
+        """Load the features saved under ``folder/layout`` and save new ones there; returns how many loaded.
+        ``layout`` names the visual-token layout (e.g. ``grid3-global``): features of another differ."""
+        from safetensors.torch import load_file
+
+        self._folder = Path(folder) / layout
+        self._folder.mkdir(parents=True, exist_ok=True)
+        loaded = 0
+        for shard in sorted(self._folder.glob("*.safetensors")):
+            for key, feature in load_file(shard).items():
+                if key not in self._store:
+                    self._store[key] = feature
+                    loaded += 1
+        return loaded
+
+    def flush(self) -> Path | None:
+        """Write the features computed since the last flush as one new shard (no-op when none)."""
+        from safetensors.torch import save_file
+
+        keys = [k for k in self._unsaved if k in self._store]
+        self._unsaved.clear()
+        if self._folder is None or not keys:
+            return None
+        shard = self._folder / f"{uuid.uuid4().hex}.safetensors"
+        temp = shard.with_suffix(".tmp")
+        save_file({k: self._store[k].contiguous() for k in keys}, str(temp))
+        os.replace(temp, shard)
+        return shard
 
     @staticmethod
     def key(image: Image.Image) -> str:
@@ -46,6 +86,9 @@ class VisionFeatureCache:
             features = model.image_features(pixels).cpu()
             for i, feature in zip(missing, features, strict=True):
                 self._store[keys[i]] = feature
+                self._unsaved.add(keys[i])
+            if self._folder is not None and len(self._unsaved) >= self.flush_every:
+                self.flush()
         for k in keys:
             self._store.move_to_end(k)
         batch = torch.stack([self._store[k] for k in keys])
@@ -57,7 +100,7 @@ class VisionFeatureCache:
         return len(self._store)
 
 
-def build_compact_from_parts(image_grid: int = 3, seed: int = 0):
+def build_compact_from_parts(image_grid: int = 3, seed: int = 0, global_image_token: bool = False):
     """A fresh compact LMM: pretrained SmolLM2 + pretrained EfficientNet-Lite0 + a new projector."""
     lm_dir = smollm2_dir()
     tokenizer = AutoTokenizer.from_pretrained(lm_dir)
@@ -67,6 +110,7 @@ def build_compact_from_parts(image_grid: int = 3, seed: int = 0):
     config = CompactLMMConfig(
         text_config=language_model.config,
         image_grid=image_grid,
+        global_image_token=global_image_token,
         image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
     )
     torch.manual_seed(seed)
@@ -91,8 +135,8 @@ class CompactBackbone(Backbone):
         self.feature_cache = feature_cache if feature_cache is not None else VisionFeatureCache()
 
     @classmethod
-    def from_parts(cls, image_grid: int = 3, seed: int = 0) -> CompactBackbone:
-        return cls(*build_compact_from_parts(image_grid, seed))
+    def from_parts(cls, image_grid: int = 3, seed: int = 0, global_image_token: bool = False) -> CompactBackbone:
+        return cls(*build_compact_from_parts(image_grid, seed, global_image_token))
 
     @classmethod
     def from_pretrained(
@@ -110,6 +154,15 @@ class CompactBackbone(Backbone):
             model = PeftModel.from_pretrained(model, adapter)
         model.to(device).eval()
         return cls(model, tokenizer)
+
+    def persist_features(self, folder: str | os.PathLike | None = None) -> int:
+        """Keep vision features on disk (default ``$LAMRA_HOME/vision-features``); see VisionFeatureCache."""
+        from lamra.assets import lamra_home
+
+        config = self.hf_model.config
+        dtype = str(self.hf_model.vision_dtype).removeprefix("torch.")
+        layout = f"{config.vision_model_name}-{dtype}-grid{config.image_grid}{'-global' if config.global_image_token else ''}"
+        return self.feature_cache.persist_to(folder or lamra_home() / "vision-features", layout)
 
     @property
     def lora_target_modules(self) -> str:

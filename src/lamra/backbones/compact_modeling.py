@@ -1,8 +1,10 @@
 """The compact LMM as a Hugging Face model: config + safetensors, peft- and dtype-friendly.
 
 LLaVA-style: a frozen EfficientNet-Lite0 turns a 224x224 image into a 1280x7x7 feature map, which is
-average-pooled to ``image_grid x image_grid`` visual tokens; a 2-layer MLP projects them into the
-language model's embedding space, where they replace the ``<image>`` placeholder tokens. The
+average-pooled to ``image_grid x image_grid`` visual tokens (plus, with ``global_image_token``, one
+token of the whole map's mean: the feature the trunk's own image-to-image baseline uses); a 2-layer
+MLP projects them into the language model's embedding space, where they replace the ``<image>``
+placeholder tokens. The
 language model is SmolLM2-135M-Instruct (a Llama).
 """
 
@@ -30,6 +32,7 @@ class CompactLMMConfig(PretrainedConfig):
         projector_hidden_size: int | None = None,
         image_token_id: int | None = None,
         vision_model_name: str = "efficientnet-lite0",
+        global_image_token: bool = False,
         **kwargs,
     ):
         if isinstance(text_config, dict):
@@ -39,12 +42,13 @@ class CompactLMMConfig(PretrainedConfig):
         self.projector_hidden_size = projector_hidden_size or self.text_config.hidden_size
         self.image_token_id = image_token_id
         self.vision_model_name = vision_model_name
+        self.global_image_token = global_image_token
         kwargs.setdefault("tie_word_embeddings", self.text_config.tie_word_embeddings)
         super().__init__(**kwargs)
 
     @property
     def num_image_tokens(self) -> int:
-        return self.image_grid * self.image_grid
+        return self.image_grid * self.image_grid + int(self.global_image_token)
 
     @property
     def hidden_size(self) -> int:
@@ -100,11 +104,14 @@ class CompactLMMForConditionalGeneration(PreTrainedModel):
     # --- vision ----------------------------------------------------------------------------------
     @torch.no_grad()
     def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Frozen vision features, (N, grid*grid, 1280); cacheable since the tower never trains."""
+        """Frozen vision features, (N, num_image_tokens, 1280): the global mean first when configured,
+        then the grid cells row by row. Cacheable since the tower never trains."""
         self.vision_tower.eval()  # batch-norm statistics stay ImageNet's
         maps = self.vision_tower.extract_features(pixel_values.to(self.vision_dtype))
-        pooled = F.adaptive_avg_pool2d(maps, self.config.image_grid)
-        return pooled.flatten(2).transpose(1, 2).float()
+        tokens = F.adaptive_avg_pool2d(maps, self.config.image_grid).flatten(2).transpose(1, 2)
+        if self.config.global_image_token:
+            tokens = torch.cat([maps.mean(dim=(2, 3)).unsqueeze(1), tokens], dim=1)
+        return tokens.float()
 
     @property
     def vision_dtype(self) -> torch.dtype:

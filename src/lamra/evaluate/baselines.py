@@ -100,3 +100,57 @@ class MiniLMEncoder:
                 pooled = torch.nn.functional.normalize(pooled, dim=-1)
                 vectors[rows] = pooled.float().cpu().numpy()
         return vectors
+
+
+class VisionTowerEncoder:
+    """The compact LMM's frozen EfficientNet-Lite0 trunk alone, with no training: the mean of its last
+    feature map (1280-d), L2-normalised, compared by cosine. Image-only items (the image-to-image
+    task); it is the vision baseline the trained LMM must beat, as MiniLM is the text one.
+    """
+
+    name = "EfficientNet-Lite0 trunk"
+    supported_modalities = frozenset({"image"})
+
+    def __init__(self, device: str = "cpu"):
+        import torch
+        from efficientnet_lite_pytorch import EfficientNet
+
+        from lamra.assets import efficientnet_lite0_weights
+
+        self.tower = EfficientNet.from_name("efficientnet-lite0")
+        self.tower.load_state_dict(torch.load(efficientnet_lite0_weights(), map_location="cpu", weights_only=True))
+        self.tower.to(device).eval()
+        self.device = device
+
+    def encode(self, items: Sequence[Any], instruction: str | None = None, batch_size: int = 64,
+               show_progress: bool = False, image_root: str | os.PathLike | None = None) -> np.ndarray:
+        """L2-normalised float32 embeddings (n, 1280), in the order of ``items``; the instruction is unused."""
+        import torch
+
+        from lamra.backbones.compact_modeling import preprocess_images
+        from lamra.items import load_image
+
+        if isinstance(items, (str, dict)):
+            raise InputError(f"expected a list of items, got a single {type(items).__name__}")
+        paths = [_image_of(item, position) for position, item in enumerate(items)]
+        vectors = np.zeros((len(paths), 1280), np.float32)
+        with torch.inference_mode():
+            for start in tqdm(range(0, len(paths), batch_size), desc="EfficientNet", disable=not show_progress):
+                images = [load_image(p, image_root) for p in paths[start : start + batch_size]]
+                maps = self.tower.extract_features(preprocess_images(images).to(self.device))
+                pooled = torch.nn.functional.normalize(maps.mean(dim=(2, 3)), dim=-1)
+                vectors[start : start + len(images)] = pooled.float().cpu().numpy()
+        return vectors
+
+
+def _image_of(item: Any, position: int) -> Any:
+    """The image of an image-only item (a path, or a dict with ``img_path``); text is refused."""
+    if isinstance(item, dict):
+        if (item.get("txt") or item.get("query_txt") or "").strip():
+            raise ModalityNotSupported(f"the vision tower sees images only: item {position} has text")
+        image = item.get("img_path") or item.get("query_img_path") or item.get("image")
+    else:
+        image = item
+    if not isinstance(image, (str, os.PathLike)):
+        raise ModalityNotSupported(f"the vision tower sees images only: item {position} is not an image path")
+    return image

@@ -77,6 +77,7 @@ def contrastive_loss_distributed(
     cand_emb: torch.Tensor,
     temperature: float = DEFAULT_TEMPERATURE,
     hard_negatives: torch.Tensor | None = None,
+    symmetric: bool = False,
 ) -> torch.Tensor:
     """The global InfoNCE over all ranks' queries, candidates and hard negatives.
 
@@ -89,7 +90,7 @@ def contrastive_loss_distributed(
         cand_emb = gather_with_grad(cand_emb)
         if hard_negatives is not None:
             hard_negatives = gather_with_grad(hard_negatives.reshape(-1, hard_negatives.shape[-1]))
-    return info_nce(query_emb, cand_emb, temperature=temperature, hard_negatives=hard_negatives)
+    return info_nce(query_emb, cand_emb, temperature=temperature, hard_negatives=hard_negatives, symmetric=symmetric)
 
 
 def all_reduce_mean(value: torch.Tensor | float) -> float:

@@ -109,6 +109,7 @@ class GradCache:
         loss_fn: LossFn | None = None,
         *,
         temperature: float = 0.05,
+        symmetric: bool = False,
         split_fn: SplitFn = split_batch,
         no_sync: Callable[[], contextlib.AbstractContextManager] | None = None,
         preserve_rng: bool = True,
@@ -118,7 +119,9 @@ class GradCache:
         self.embed_fn = embed_fn
         self.chunk_size = chunk_size or None
         self.loss_fn = loss_fn or (
-            lambda q, c, h=None: contrastive_loss_distributed(q, c, temperature=temperature, hard_negatives=h)
+            lambda q, c, h=None: contrastive_loss_distributed(
+                q, c, temperature=temperature, hard_negatives=h, symmetric=symmetric
+            )
         )
         self.split_fn = split_fn
         self.no_sync = no_sync

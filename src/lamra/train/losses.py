@@ -51,16 +51,24 @@ def info_nce(
     cand_emb: torch.Tensor,
     temperature: float = DEFAULT_TEMPERATURE,
     hard_negatives: torch.Tensor | None = None,
+    symmetric: bool = False,
 ) -> torch.Tensor:
     """InfoNCE from query to candidate (one direction, as the official LamRA code).
 
     Query i's positive is candidate i; the other candidates of the batch are its negatives, and
     hard negatives ([B, H, D] or [B*H, D]) are extra negative columns for every query.
     Inputs are L2-normalised here, so raw hidden states can be passed.
+
+    ``symmetric=True`` averages it with the candidate-to-query direction (CLIP's loss: candidate i
+    against the batch's queries). The compact recipes use it: every candidate then gets a gradient
+    that pushes it away from the other queries, which a projector trained from scratch needs.
     """
     logits = similarity_logits(query_emb, cand_emb, temperature, hard_negatives)
     targets = torch.arange(logits.shape[0], device=logits.device)
-    return F.cross_entropy(logits, targets)
+    loss = F.cross_entropy(logits, targets)
+    if symmetric:
+        loss = (loss + F.cross_entropy(logits[:, : logits.shape[0]].T, targets)) / 2
+    return loss
 
 
 def next_token_loss(

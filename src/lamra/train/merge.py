@@ -80,7 +80,8 @@ def _write_light(recipe: Recipe, backbone: Backbone, out: Path) -> None:
             rank_adapter = name
         else:
             adapters.append(name)
-    write_light_config(out, backbone.hf_model.config.image_grid, adapters, rank_adapter)
+    config = backbone.hf_model.config
+    write_light_config(out, config.image_grid, adapters, rank_adapter, config.global_image_token)
 
 
 def merge(recipe: Recipe) -> Path:

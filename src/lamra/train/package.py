@@ -3,7 +3,8 @@
     python -m lamra.train.package RETRIEVAL_FINAL RANK_FINAL OUT_DIR
 
 ``RETRIEVAL_FINAL`` is stage 2's ``final/`` (projector + stage-1 and stage-2 adapters),
-``RANK_FINAL`` the rank stage's ``final/`` (same stage-0 projector + the rank adapter). Adapter and
+``RANK_FINAL`` the rank stage's ``final/`` (stage 0's projector + the rank adapter). When stage 2
+trained the projector too, each role keeps its own (``roles`` in ``lamra.json``). Adapter and
 projector tensors are stored in bfloat16 (half the bytes; LoRA deltas lose nothing that matters at
 this scale). Written to a temp folder and renamed into place.
 
@@ -23,10 +24,11 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from lamra.assets import atomic_directory
-from lamra.checkpoints import PROJECTOR_FILE, read_light_config, write_light_config
+from lamra.checkpoints import PROJECTOR_FILE, read_light_config, role_vision, write_light_config
 
 
 RETRIEVAL_RANK = 28
+RETRIEVAL_PROJECTOR_FILE = "projector_retrieval.safetensors"
 
 
 def lora_deltas(adapter_dir: Path) -> dict[str, torch.Tensor]:
@@ -75,13 +77,23 @@ def package_compact(retrieval_final: Path, rank_final: Path, out_dir: Path) -> P
     retrieval, rank = read_light_config(retrieval_final), read_light_config(rank_final)
     if not rank.get("rank_adapter"):
         raise ValueError(f"{rank_final} holds no rank adapter")
-    retrieval_projector = load_file(retrieval_final / PROJECTOR_FILE)
-    rank_projector = load_file(rank_final / PROJECTOR_FILE)
-    if any(not torch.equal(retrieval_projector[k].float(), rank_projector[k].float()) for k in retrieval_projector):
-        raise ValueError("LamRA-Ret and LamRA-Rank were trained on different projectors (different stage 0 runs?)")
+    retrieval_vision, rank_vision = role_vision(retrieval, "retrieval"), role_vision(rank, "rank")
+    retrieval_projector = load_file(retrieval_final / retrieval_vision["projector"])
+    rank_projector = load_file(rank_final / rank_vision["projector"])
+    shared = retrieval_vision["global_image_token"] == rank_vision["global_image_token"] and all(
+        torch.equal(retrieval_projector[k].float(), rank_projector[k].float()) for k in retrieval_projector
+    )
     staging = atomic_directory(out_dir)
     try:
-        shutil.copy(retrieval_final / PROJECTOR_FILE, staging.path / PROJECTOR_FILE)
+        shutil.copy(rank_final / rank_vision["projector"], staging.path / PROJECTOR_FILE)
+        roles = None
+        if not shared:
+            shutil.copy(retrieval_final / retrieval_vision["projector"], staging.path / RETRIEVAL_PROJECTOR_FILE)
+            roles = {
+                "retrieval": {"projector": RETRIEVAL_PROJECTOR_FILE,
+                              "global_image_token": retrieval_vision["global_image_token"]},
+                "rank": {"projector": PROJECTOR_FILE, "global_image_token": rank_vision["global_image_token"]},
+            }
         adapters = [retrieval_final / name for name in retrieval["retrieval_adapters"]]
         error = fold_adapters(adapters, staging.path / "adapters" / "retrieval", RETRIEVAL_RANK)
         print(f"retrieval adapters folded to rank {RETRIEVAL_RANK}: worst relative error {error:.4f}")
@@ -91,7 +103,10 @@ def package_compact(retrieval_final: Path, rank_final: Path, out_dir: Path) -> P
             shutil.copy(rank_final / rank["rank_adapter"] / name, rank_dir / name)
         for tensors in staging.path.rglob("*.safetensors"):
             to_bf16(tensors)
-        write_light_config(staging.path, retrieval["image_grid"], ["adapters/retrieval"], "adapters/rank")
+        if retrieval["image_grid"] != rank["image_grid"]:
+            raise ValueError(f"LamRA-Ret has a {retrieval['image_grid']}-grid, LamRA-Rank a {rank['image_grid']}-grid")
+        write_light_config(staging.path, retrieval["image_grid"], ["adapters/retrieval"], "adapters/rank",
+                           rank_vision["global_image_token"], roles)
         staging.commit()
     except BaseException:
         staging.abort()

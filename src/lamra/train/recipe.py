@@ -19,6 +19,8 @@ from typing import Any
 
 import yaml
 
+from lamra.assets import lamra_home
+
 STAGES = ("stage0", "stage1", "stage2", "rank")
 REPO_RECIPES_DIR = Path(__file__).resolve().parents[3] / "recipes"  # src/lamra/train -> repo root
 
@@ -63,6 +65,13 @@ class Recipe:
     # Loss.
     temperature: float = 0.05
     hard_negatives: int = 0  # hard negatives per query as extra columns (0 = in-batch only)
+    symmetric_loss: bool = False  # also candidate -> query (CLIP style); official: false
+
+    # Compact recipes (the Qwen recipes keep the paper's settings: all of these off).
+    train_projector: bool = False  # stages 1/2: the projector trains with the LoRA adapters
+    global_image_token: bool = False  # one more visual token: the mean of the whole feature map
+    batch_by_task: bool = False  # stage 2: every batch from one task (tasks interleaved over steps)
+    no_instruction_ratio: float = 0.0  # stage 2: share of queries trained without an instruction
 
     # Reranker data (stage rank).
     mining_top_k: int = 100
@@ -94,10 +103,6 @@ class Recipe:
 
 # Keys holding paths: `~` and environment variables are expanded when the recipe is loaded.
 PATH_FIELDS = ("model", "init_from", "output_dir", "train_data", "cand_pool", "instructions", "rerank_data")
-
-
-def lamra_home() -> Path:
-    return Path(os.environ.get("LAMRA_HOME") or Path.home() / ".cache" / "lamra").expanduser()
 
 
 def expand_path(value: str) -> str:
@@ -222,6 +227,10 @@ def _check_recipe(recipe: Recipe, source: str) -> None:
         fail(f"warmup_ratio must be in [0, 1), got {recipe.warmup_ratio}")
     if recipe.max_steps is None and recipe.epochs <= 0:
         fail("set epochs > 0 or max_steps")
+    if not 0.0 <= recipe.no_instruction_ratio <= 1.0:
+        fail(f"no_instruction_ratio must be in [0, 1], got {recipe.no_instruction_ratio}")
+    if (recipe.train_projector or recipe.global_image_token) and recipe.backbone != "compact":
+        fail("train_projector and global_image_token exist only for the compact backbone")
     if recipe.hard_negatives < 0:
         fail(f"hard_negatives must be >= 0, got {recipe.hard_negatives}")
     if not 2 <= recipe.listwise_min_candidates <= recipe.listwise_max_candidates:

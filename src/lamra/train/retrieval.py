@@ -51,11 +51,16 @@ def read_text_pairs(recipe: Recipe) -> list[Example]:
     return pairs
 
 
-def stage2_example(data: MBEIRTrainData, index: int, epoch: int, hard_negatives: int = 0) -> Example:
+def stage2_example(
+    data: MBEIRTrainData, index: int, epoch: int, hard_negatives: int = 0, no_instruction_ratio: float = 0.0
+) -> Example:
     query = data.queries[index]
     rng = data.rng_for(query, epoch, "stage2")
     positive = rng.choice(data.positives(query))
     instruction = data.instruction(query, data.pool[positive].modality, rng)
+    # Some queries without an instruction, so the instruction cannot drown the item itself.
+    if no_instruction_ratio and rng.random() < no_instruction_ratio:
+        instruction = None
     negatives: list[list[Segment]] = []
     if hard_negatives:
         listed = [did for did in query.neg_cand_list if did in data.pool and did not in query.pos_cand_list]
@@ -88,7 +93,10 @@ def contrastive_step_fn(
     backbone: Backbone, recipe: Recipe, example: Callable[[int, int], Example]
 ) -> Callable[[list[int], int], float]:
     """The Trainer's step: GradCache over this rank's shard (loss gathered over ranks)."""
-    cache = GradCache(make_embed_fn(backbone, recipe), recipe.chunk_size, temperature=recipe.temperature)
+    cache = GradCache(
+        make_embed_fn(backbone, recipe), recipe.chunk_size,
+        temperature=recipe.temperature, symmetric=recipe.symmetric_loss,
+    )
 
     def step(indices: list[int], epoch: int) -> float:
         examples = [example(i, epoch) for i in indices]

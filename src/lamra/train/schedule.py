@@ -95,3 +95,38 @@ class BatchOrder:
         """This process's contiguous shard of the batch (rank order = all_gather order)."""
         per_rank = self.global_batch_size // self.num_ranks
         return self.global_indices(step)[rank * per_rank : (rank + 1) * per_rank]
+
+
+class GroupedBatchOrder(BatchOrder):
+    """Like `BatchOrder`, but every batch is drawn from one group (e.g. one task).
+
+    Epoch e shuffles each group with `seed + e`, cuts it into full batches (a group's leftover is
+    dropped, as `BatchOrder` drops the epoch's), and shuffles the batches of all groups together,
+    so the groups interleave across steps. In-batch negatives then share the query's task and
+    modalities: they cannot be told apart by modality alone.
+    """
+
+    def __init__(self, groups: list[list[int]], global_batch_size: int, seed: int, num_ranks: int = 1) -> None:
+        sizes = [len(group) for group in groups]
+        super().__init__(sum(sizes), global_batch_size, seed, num_ranks)
+        self.groups = [list(group) for group in groups if len(group) >= global_batch_size]
+        if not self.groups:
+            raise ValueError(f"no group holds a full batch of {global_batch_size} (group sizes {sizes})")
+        self.steps_per_epoch = sum(len(group) // global_batch_size for group in self.groups)
+        self._epoch_batches: tuple[int, list[list[int]]] | None = None
+
+    def _batches(self, epoch: int) -> list[list[int]]:
+        if self._epoch_batches is None or self._epoch_batches[0] != epoch:
+            generator = torch.Generator().manual_seed(self.seed + epoch)
+            batches = []
+            for group in self.groups:
+                order = torch.randperm(len(group), generator=generator).tolist()
+                for start in range(0, len(group) - self.global_batch_size + 1, self.global_batch_size):
+                    batches.append([group[i] for i in order[start : start + self.global_batch_size]])
+            shuffled = torch.randperm(len(batches), generator=generator).tolist()
+            self._epoch_batches = (epoch, [batches[i] for i in shuffled])
+        return self._epoch_batches[1]
+
+    def global_indices(self, step: int) -> list[int]:
+        epoch, position = divmod(step, self.steps_per_epoch)
+        return self._batches(epoch)[position]

@@ -85,6 +85,7 @@ class Trainer:
         step_fn: StepFn,
         grad_reduction: str = "mean",
         desc: str | None = None,
+        order: BatchOrder | None = None,
     ) -> None:
         if grad_reduction not in ("mean", "sum"):
             raise ValueError(f"grad_reduction must be 'mean' or 'sum', got {grad_reduction!r}")
@@ -97,8 +98,10 @@ class Trainer:
         self.params = [p for p in model.parameters() if p.requires_grad]
         if not self.params:
             raise ValueError("nothing to train: no parameter requires a gradient")
-        self.total_steps = count_training_steps(num_examples, recipe.batch_size, recipe.epochs, recipe.max_steps)
-        self.order = BatchOrder(num_examples, recipe.batch_size, recipe.seed, world_size())
+        self.order = order or BatchOrder(num_examples, recipe.batch_size, recipe.seed, world_size())
+        self.total_steps = count_training_steps(
+            self.order.steps_per_epoch * recipe.batch_size, recipe.batch_size, recipe.epochs, recipe.max_steps
+        )
         self.optimizer = torch.optim.AdamW(self.params, lr=recipe.lr, weight_decay=recipe.weight_decay)
         self.scheduler = cosine_with_warmup(self.optimizer, self.total_steps, recipe.warmup_ratio)
 

@@ -115,6 +115,13 @@ class MBEIRTrainData:
             segments.append(text)
         return segments
 
+    def task_groups(self) -> list[list[int]]:
+        """Query indices grouped by task: (dataset id, query modality), in first-seen order."""
+        groups: dict[tuple[str, str], list[int]] = {}
+        for index, query in enumerate(self.queries):
+            groups.setdefault((query.dataset_id, normalize_modality(query.query_modality)), []).append(index)
+        return list(groups.values())
+
     def rng_for(self, query: MBEIRQuery, epoch: int, purpose: str) -> random.Random:
         """A generator seeded by (seed, epoch, qid, purpose): draws do not depend on batch order."""
         return random.Random(f"{self.seed}:{epoch}:{query.qid}:{purpose}")

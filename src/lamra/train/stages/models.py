@@ -59,7 +59,8 @@ def _load_compact(recipe: Recipe, role: str) -> Backbone:
     source = recipe.init_from or recipe.model
     if source is None:
         torch.manual_seed(recipe.seed)
-        return CompactBackbone.from_parts(image_grid=grid, seed=recipe.seed)
+        return CompactBackbone.from_parts(image_grid=grid, seed=recipe.seed,
+                                          global_image_token=recipe.global_image_token)
     if is_light(source):
         config = read_light_config(Path(source))
         if recipe.num_visual_tokens is not None and config["image_grid"] != grid:
@@ -71,7 +72,7 @@ def _load_compact(recipe: Recipe, role: str) -> Backbone:
             raise StageSetupError(
                 f"rank trains from the base model (stage 0), but {source} carries retrieval adapters"
             )
-        return load_light_compact(source, role="retrieval")
+        return load_light_compact(source, role="retrieval", global_image_token=recipe.global_image_token)
     if not Path(source).is_dir():
         raise StageSetupError(
             f"init_from/model {source!r} not found: run the previous stage first (or fix the recipe)"

@@ -33,6 +33,8 @@ def run_stage(recipe: Recipe, stop_after: int | None = None, show_progress: bool
     init_distributed()
     seed_everything(recipe.seed)  # same on every rank: identical LoRA / projector initialisation
     backbone = load_training_backbone(recipe, role="rank" if recipe.stage == "rank" else "retrieval")
+    if hasattr(backbone, "persist_features"):  # the frozen tower's features: computed once, kept on disk
+        backbone.persist_features()
     seed_everything(recipe.seed)
     if recipe.stage == "stage0":
         train_projector_only(backbone)
@@ -40,9 +42,13 @@ def run_stage(recipe: Recipe, stop_after: int | None = None, show_progress: bool
     else:
         add_lora(backbone, recipe.lora_r, recipe.lora_alpha, recipe.lora_dropout)
         model = backbone.model
-    step_fn, num_examples, reduction = _stage_step(recipe, backbone)
-    trainer = Trainer(recipe, model, num_examples, step_fn, grad_reduction=reduction)
+        if recipe.train_projector:  # after add_lora, which checks that only adapters train
+            backbone.hf_model.multi_modal_projector.requires_grad_(True)
+    step_fn, num_examples, reduction, order = _stage_step(recipe, backbone)
+    trainer = Trainer(recipe, model, num_examples, step_fn, grad_reduction=reduction, order=order)
     result = trainer.train(stop_after=stop_after, show_progress=show_progress)
+    if hasattr(backbone, "feature_cache"):
+        backbone.feature_cache.flush()
     final = None
     if trainer.finished:
         if is_main_process():
@@ -66,17 +72,23 @@ def _stage_step(recipe: Recipe, backbone):
             img_path, caption = captions[index]
             return align.caption_messages(data.image(img_path), caption)
 
-        return rerank.next_token_step_fn(backbone, recipe, conversation), len(captions), "sum"
+        return rerank.next_token_step_fn(backbone, recipe, conversation), len(captions), "sum", None
     if recipe.stage == "stage1":
         pairs = retrieval.read_text_pairs(recipe)
-        return retrieval.contrastive_step_fn(backbone, recipe, lambda i, e: pairs[i]), len(pairs), "mean"
+        return retrieval.contrastive_step_fn(backbone, recipe, lambda i, e: pairs[i]), len(pairs), "mean", None
     if recipe.stage == "stage2":
         data = MBEIRTrainData.from_recipe(recipe)
 
         def example(index: int, epoch: int):
-            return retrieval.stage2_example(data, index, epoch, recipe.hard_negatives)
+            return retrieval.stage2_example(data, index, epoch, recipe.hard_negatives, recipe.no_instruction_ratio)
 
-        return retrieval.contrastive_step_fn(backbone, recipe, example), len(data), "mean"
+        order = None
+        if recipe.batch_by_task:
+            from lamra.train.distributed import world_size
+            from lamra.train.schedule import GroupedBatchOrder
+
+            order = GroupedBatchOrder(data.task_groups(), recipe.batch_size, recipe.seed, world_size())
+        return retrieval.contrastive_step_fn(backbone, recipe, example), len(data), "mean", order
     if recipe.stage == "rank":
         data = MBEIRTrainData.from_recipe(recipe)
         if not recipe.rerank_data:
@@ -85,5 +97,5 @@ def _stage_step(recipe: Recipe, backbone):
             raise StageSetupError(f"recipe {recipe.name!r} (rank) needs `rerank_data` (lamra train mine)")
         samples = rerank.RerankSamples(data, rerank.read_mined(recipe.rerank_data), recipe)
         samples.backbone = backbone
-        return rerank.next_token_step_fn(backbone, recipe, samples.sample), len(samples), "sum"
+        return rerank.next_token_step_fn(backbone, recipe, samples.sample), len(samples), "sum", None
     raise ValueError(f"unknown stage {recipe.stage!r}")
