@@ -37,6 +37,7 @@ OLD = dict(train_projector=False, global_image_token=False, batch_by_task=False,
            no_instruction_ratio=0.0, lora_dropout=0.05)
 VARIANTS = {
     "new recipe": {},
+    "new, lr 1e-3": {"lr": 1.0e-3},
     "old recipe": OLD,
     "new - task batches": {"batch_by_task": False},
     "new - global token": {"global_image_token": False},
@@ -52,7 +53,7 @@ def subset_root() -> Path:
 
 
 def slug(name: str) -> str:
-    return name.replace(" ", "_").replace("+", "plus").replace("-", "minus")
+    return name.replace(" ", "_").replace("+", "plus").replace("-", "minus").replace(",", "")
 
 
 def run_variant(name: str) -> None:
@@ -68,7 +69,9 @@ def run_variant(name: str) -> None:
     from lamra import LamRA
 
     model = LamRA.from_pretrained(result.final_dir)
+    model.backbone.persist_features()
     report = evaluate_mbeir(model, subset_root(), method=name, split=SUBSET[0], pools=("local",), show_progress=True)
+    model.backbone.feature_cache.flush()
     path = write_report(report, out, command=COMMAND)
     losses = result.losses
     tail = sum(losses[-10:]) / len(losses[-10:])

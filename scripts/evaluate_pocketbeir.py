@@ -1,19 +1,21 @@
-"""Evaluate the compact LamRA stages and baselines on PocketBEIR and write the results pages.
+"""Evaluate the compact LamRA stages and the baselines on the full PocketBEIR test split; write the pages.
 
-    .venv/bin/python scripts/evaluate_pocketbeir.py all        # everything below, in order
-    .venv/bin/python scripts/evaluate_pocketbeir.py subsets    # cut the test-lite / val-lite subsets
-    .venv/bin/python scripts/evaluate_pocketbeir.py method NAME  # one row: base, stage1, ret, minilm
-    .venv/bin/python scripts/evaluate_pocketbeir.py pages      # results/pocketbeir.md, results/stages.md
+    .venv/bin/python scripts/evaluate_pocketbeir.py all          # every row below, then the pages
+    .venv/bin/python scripts/evaluate_pocketbeir.py method NAME  # one row: base, stage1, ret, minilm, vision
+    .venv/bin/python scripts/evaluate_pocketbeir.py instructions # LamRA-Ret without / with new instructions
+    .venv/bin/python scripts/evaluate_pocketbeir.py pages        # results/{pocketbeir,stages,instructions}.md
 
-Full PocketBEIR pools (18k candidates) take ~40 min to encode per model on 2 CPU cores, so the pages
-use concept-preserving subsets (``lamra.data.subset``): per task a seeded sample of test queries and
-a local pool of whole concepts (all candidates of the positives' concepts plus sampled distractor
-concepts); the global pool is the union of those local pools. Finished rows are kept: a rerun only
-computes what is missing.
+All 3,980 test queries, every task's full local pool and the global pool (18,237 candidates). Each
+candidate is encoded once per model and serves every pool it is in; the frozen tower's image
+features are kept on disk ($LAMRA_HOME/vision-features), so only the first model pays for them, and
+each model's pool indexes under runs/eval-index (keyed by a digest of its weights), so the
+instruction study re-encodes queries only. Finished rows are kept: a rerun only computes what is
+missing. Reranking is not on these pages.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 import time
@@ -22,69 +24,54 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import numpy as np
-
 from lamra.assets import lamra_home
-from lamra.data.subset import subset_mbeir
-from lamra.evaluate.runner import (
-    RerankMethod,
-    choose_rerank_weights,
-    evaluate_mbeir,
-    load_results,
-    model_reranker,
-    write_report,
-)
+from lamra.evaluate.runner import evaluate_mbeir, load_results, write_report
 from lamra.evaluate.tables import results_page, write_markdown
 
 COMMAND = ".venv/bin/python scripts/evaluate_pocketbeir.py all"
-TEST_QUERIES, VAL_QUERIES, DISTRACTOR_CONCEPTS = 50, 25, 100
 OUT = Path("results/pocketbeir")
 CHECKPOINTS = {
     "Base (stage 0 only)": "runs/compact-stage0/final",
     "Stage 1 only": "runs/compact-stage1/final",
-    "LamRA-Ret": "src/lamra/weights/compact",  # the shipped package: retrieval + rank adapters
+    "LamRA-Ret": "src/lamra/weights/compact",  # the shipped package
 }
-METHOD_KEYS = {"base": "Base (stage 0 only)", "stage1": "Stage 1 only", "ret": "LamRA-Ret",
-               "minilm": "all-MiniLM-L6-v2"}
-# Table 8 analogue: the R@1-style tasks where a top-5 rerank can change R@1, local pools only.
-SPEED_TASKS = ["emojiname_task0", "wordnetpassage_task1"]
-SPEED_METHODS = ["pointwise, top 5", "listwise, top 5"]
+INDEX_DIR = Path("runs/eval-index")
+# The instruction study: the task's own instructions (the main row), none, and paraphrases written for
+# the test only (never trained on).
+HELDOUT_INSTRUCTIONS = Path("docs/pocketbeir/heldout_instructions.tsv")
+INSTRUCTION_ROWS = {"LamRA-Ret, no instruction": ("none", None),
+                    "LamRA-Ret, held-out paraphrase": ("first", HELDOUT_INSTRUCTIONS)}
+BASELINES = {"minilm": "all-MiniLM-L6-v2", "vision": "EfficientNet-Lite0 trunk"}
+METHOD_KEYS = {"base": "Base (stage 0 only)", "stage1": "Stage 1 only", "ret": "LamRA-Ret", **BASELINES}
 
 
-def test_root() -> Path:
-    return lamra_home() / "pocketbeir-test-lite"
+def data_root() -> Path:
+    return lamra_home() / "pocketbeir"
 
 
-def val_root() -> Path:
-    return lamra_home() / "pocketbeir-val-lite"
+def weights_digest(checkpoint: str) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(Path(checkpoint).rglob("*")):
+        if path.is_file():
+            digest.update(path.name.encode() + path.read_bytes())
+    return digest.hexdigest()[:12]
 
 
-def make_subsets() -> None:
-    source = lamra_home() / "pocketbeir"
-    subset_mbeir(source, test_root(), "test", TEST_QUERIES, DISTRACTOR_CONCEPTS, seed=0)
-    subset_mbeir(source, val_root(), "val", VAL_QUERIES, DISTRACTOR_CONCEPTS, seed=0)
+def load_encoder(key: str):
+    name = METHOD_KEYS[key]
+    if key == "minilm":
+        from lamra.evaluate.baselines import MiniLMEncoder
 
+        return MiniLMEncoder()
+    if key == "vision":
+        from lamra.evaluate.baselines import VisionTowerEncoder
 
-def memoised(rerank):
-    """Rerank scores of a (query, candidate) pair do not depend on the pool: score each pair once."""
-    memo: dict[tuple[str, str], float] = {}
-
-    def wrapped(query, candidates, retrieval_scores):
-        key = repr(sorted(query.items()))
-        todo = [c for c in candidates if (key, repr(sorted(c.items()))) not in memo]
-        if todo:
-            for candidate, score in zip(todo, rerank(query, todo, np.zeros(len(todo))), strict=True):
-                memo[(key, repr(sorted(candidate.items())))] = float(score)
-        return [memo[(key, repr(sorted(c.items())))] for c in candidates]
-
-    return wrapped
-
-
-def load_lamra(name: str):
+        return VisionTowerEncoder()
     from lamra import LamRA
 
-    model = LamRA.from_pretrained(CHECKPOINTS[name])  # the shipped package brings its reranker
-    model.name = name
+    model = LamRA.from_pretrained(CHECKPOINTS[name])
+    model.backbone.persist_features()
+    model.name = f"{name}@{weights_digest(CHECKPOINTS[name])}"  # keys its cached indexes
     return model
 
 
@@ -95,77 +82,72 @@ def run_method(key: str) -> None:
         print(f"{name}: done already ({out})")
         return
     start = time.perf_counter()
-    rerankers = []
-    if key == "minilm":
-        from lamra.evaluate.baselines import MiniLMEncoder
-
-        encoder = MiniLMEncoder()
-    else:
-        encoder = load_lamra(name)
-        if key == "ret":
-            pointwise = RerankMethod("LamRA-Ret + pointwise rerank (top 10)",
-                                     memoised(model_reranker(encoder, val_root())), top_k=10)
-            pointwise, sweep = choose_rerank_weights(encoder, val_root(), pointwise, split="val",
-                                                     method=name, show_progress=True)
-            print("fusion weights chosen on val-lite:", sweep.best)
-            rerankers = [RerankMethod(pointwise.name, memoised(model_reranker(encoder, test_root())), 10,
-                                      pointwise.weights)]
-    report = evaluate_mbeir(encoder, test_root(), method=name, pools=("local", "global"), rerankers=rerankers,
+    encoder = load_encoder(key)
+    index_dir = INDEX_DIR if hasattr(encoder, "backbone") else None
+    report = evaluate_mbeir(encoder, data_root(), method=name, pools=("local", "global"), index_dir=index_dir,
                             show_progress=True)
+    if hasattr(encoder, "backbone"):
+        encoder.backbone.feature_cache.flush()
     write_report(report, out, command=COMMAND)
-    if key == "ret":  # timed separately, without the memo, so seconds per query are honest
-        speed = [RerankMethod(SPEED_METHODS[0], model_reranker(encoder, test_root()), 5, pointwise.weights),
-                 RerankMethod(SPEED_METHODS[1], model_reranker(encoder, test_root(), mode="listwise"), 5,
-                              pointwise.weights)]
-        report = evaluate_mbeir(encoder, test_root(), method=name, pools=("local",), tasks=SPEED_TASKS,
-                                rerankers=speed, show_progress=True)
-        write_report(report, OUT / "LamRA-Ret_table8", command=COMMAND)
     print(f"{name}: {time.perf_counter() - start:.0f} s -> {out}")
 
 
+def run_instructions() -> None:
+    encoder = None
+    for name, (choice, tsv) in INSTRUCTION_ROWS.items():
+        out = OUT / name.replace(" ", "_").replace(",", "")
+        if (out / "results.json").is_file():
+            print(f"{name}: done already ({out})")
+            continue
+        encoder = encoder or load_encoder("ret")
+        report = evaluate_mbeir(encoder, data_root(), method=name, pools=("local",), index_dir=INDEX_DIR,
+                                instruction_choice=choice, instructions_path=tsv, show_progress=True)
+        write_report(report, out, command=COMMAND)
+
+
 def write_pages() -> None:
-    rows = {}
-    for name in METHOD_KEYS.values():
-        path = OUT / name.replace(" ", "_") / "results.json"
-        if path.is_file():
-            rows[name] = load_results(path)["results"]
-    subset_note = (
-        f"PocketBEIR test-lite: per task {TEST_QUERIES} seeded test queries; local pools of whole concepts "
-        f"(the positives' concepts + {DISTRACTOR_CONCEPTS} sampled distractor concepts, all splits); the "
-        "global pool is the union of those local pools. Fusion weights chosen on val-lite "
-        f"({VAL_QUERIES} queries per task), never on test. Compact LMM, bf16 autocast, 2 CPU cores."
-    )
-    main_rows = [r for name in ("Base (stage 0 only)", "all-MiniLM-L6-v2", "LamRA-Ret") for r in rows.get(name, [])]
-    main_rows = [r for r in main_rows if r["method"] in (
-        "Base (stage 0 only)", "all-MiniLM-L6-v2", "LamRA-Ret", "LamRA-Ret + pointwise rerank (top 10)")]
-    speed_path = OUT / "LamRA-Ret_table8" / "results.json"
-    speed_rows = [r for r in load_results(speed_path)["results"] if r["method"] in SPEED_METHODS] if speed_path.is_file() else []
-    page = results_page(main_rows + speed_rows, title="PocketBEIR (test-lite): retrieval and reranking",
-                        pools=("local", "global"), methods=["Base (stage 0 only)", "all-MiniLM-L6-v2", "LamRA-Ret",
-                                                             "LamRA-Ret + pointwise rerank (top 10)"],
-                        speed_methods=SPEED_METHODS if speed_rows else None, notes=subset_note)
+    rows = {name: _rows(name) for name in METHOD_KEYS.values() if _rows(name)}
+    note = ("Full PocketBEIR test split: all 3,980 test queries; every task's full local pool (its candidates "
+            "from all splits) and the global pool (the union, 18,237 candidates). Compact LMM in bf16 autocast "
+            "on 2 CPU cores. Baselines with no training: all-MiniLM-L6-v2 (text-only tasks) and the compact "
+            "model's own frozen EfficientNet-Lite0 trunk, mean-pooled, cosine (image-only tasks).")
+    order = ["Base (stage 0 only)", "all-MiniLM-L6-v2", "EfficientNet-Lite0 trunk", "LamRA-Ret"]
+    page = results_page([r for name in order for r in rows.get(name, [])],
+                        title="PocketBEIR (full test split): retrieval", pools=("local", "global"),
+                        methods=[n for n in order if n in rows], notes=note)
     write_markdown("results/pocketbeir.md", COMMAND, page)
-    stage_rows = [r for name in CHECKPOINTS for r in rows.get(name, []) if r["method"] == name and r["pool"] == "local"]
-    page = results_page(stage_rows, title="Compact LamRA by training stage (PocketBEIR test-lite, local pools)",
-                        pools=("local",), methods=list(CHECKPOINTS), notes=subset_note)
+    stages = [n for n in CHECKPOINTS if n in rows]
+    page = results_page([r for name in stages for r in rows[name]],
+                        title="Compact LamRA by training stage (PocketBEIR full test split)",
+                        pools=("local", "global"), methods=stages, notes=note)
     write_markdown("results/stages.md", COMMAND, page)
-    print("wrote results/pocketbeir.md and results/stages.md")
+    study = [r for name in ["LamRA-Ret", *INSTRUCTION_ROWS] for r in _rows(name) if r["pool"] == "local"]
+    page = results_page(study, title="LamRA-Ret with its task instructions, none, and held-out paraphrases",
+                        pools=("local",), methods=[n for n in ["LamRA-Ret", *INSTRUCTION_ROWS] if _rows(n)],
+                        notes=note + f" Held-out paraphrases: `{HELDOUT_INSTRUCTIONS}` (one per task, written for "
+                        "this test, never trained on); the main row draws from the task's own instructions.")
+    write_markdown("results/instructions.md", COMMAND, page)
+    print("wrote results/pocketbeir.md, results/stages.md and results/instructions.md")
+
+
+def _rows(name: str) -> list[dict]:
+    path = OUT / name.replace(" ", "_").replace(",", "") / "results.json"
+    return [r for r in load_results(path)["results"] if r["method"] == name] if path.is_file() else []
 
 
 def main(argv: list[str]) -> None:
     if not argv:
         sys.exit(__doc__)
-    if argv[0] == "subsets":
-        make_subsets()
-    elif argv[0] == "method":
+    if argv[0] == "method" and len(argv) == 2 and argv[1] in METHOD_KEYS:
         run_method(argv[1])
+    elif argv[0] == "instructions":
+        run_instructions()
     elif argv[0] == "pages":
         write_pages()
     elif argv[0] == "all":
-        if not test_root().is_dir() or not val_root().is_dir():
-            make_subsets()
         for key in METHOD_KEYS:
             run_method(key)
+        run_instructions()
         write_pages()
     else:
         sys.exit(__doc__)

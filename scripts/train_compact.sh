@@ -34,4 +34,6 @@ stage stage2
 [[ -f runs/compact-stage2/mined_top100.jsonl ]] || timed mining "$LAMRA" train mine --recipe recipes/compact-rank.yaml --retriever runs/compact-stage2/final
 stage rank
 .venv/bin/python -m lamra.train.package runs/compact-stage2/final runs/compact-rank/final src/lamra/weights/compact
-.venv/bin/python -m lamra.train.report --runs runs --timings "$TIMINGS" --eval results/stages.md --out docs/training
+.venv/bin/python scripts/evaluate_pocketbeir.py all
+.venv/bin/python -m lamra.train.report --runs runs --timings "$TIMINGS" --eval results/stages.md --out docs/training \
+    --diagnose "${LAMRA_HOME:-$HOME/.cache/lamra}/pocketbeir" --notes docs/training/notes.md

@@ -212,6 +212,21 @@ def test_instructions_are_seeded_per_query_and_passed_to_the_encoder(toy_root):
     assert all(encoder.instruction_of["candidate", f"10:{i}"] is None for i in range(len(CONCEPTS)))
 
 
+def test_queries_can_go_without_instruction_or_with_another_instructions_file(toy_root, tmp_path):
+    encoder = HashingEncoder()
+    report = evaluate_mbeir(encoder, toy_root, tasks=["toyname"], instruction_choice="none", show_progress=False)
+    assert encoder.instruction_of["query", "10:0"] is None
+    assert encoder.texts["query", "10:0"] == "A photo of the apple."  # formatted alone, as official
+    assert report.settings["instruction_choice"] == "none"
+
+    heldout = tmp_path / "heldout.tsv"
+    write_instructions(heldout, [InstructionRow("text", "image", "ToyName", "10", ["locate the pictogram"])])
+    encoder = HashingEncoder()
+    report = evaluate_mbeir(encoder, toy_root, tasks=["toyname"], instructions_path=heldout, show_progress=False)
+    assert {encoder.instruction_of["query", f"10:{n}"] for n in range(5)} == {"Locate the pictogram."}
+    assert report.settings["instructions"] == str(heldout)
+
+
 def test_oracle_rerank_lifts_r1_to_the_retrieval_hit_rate_at_10(report):
     for key in ("toyname_task0", "toypassage_task1", "toyvariant_task7"):
         retrieval = report.result("hashing", "local", key)

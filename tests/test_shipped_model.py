@@ -43,8 +43,56 @@ def test_retrieval_quality_floor(model, subset):
     assert recall >= 0.8 * MEASURED["retrieval_r5"], recall
 
 
+# Fixed before the weights were trained: (query, instruction, label expected at top 1) over the demo's
+# 16 Google emoji. Text queries paraphrase, never quote, the label; image queries are Twitter drawings.
+TEXT = "Retrieve the image that matches the description."
+SAME = "Find the same emoji drawn in another style."
+FIXED_QUERIES = [
+    ("a cheesy slice of Italian food", TEXT, "pizza"),
+    ("a pet that meows", TEXT, "cat face"),
+    ("a loyal pet that barks", TEXT, "dog face"),
+    ("a car to drive on the road", TEXT, "automobile"),
+    ("a plane flying in the sky", TEXT, "airplane"),
+    ("colourful arc in the sky after the rain", TEXT, "rainbow"),
+    ("a ball kicked in football", TEXT, "soccer ball"),
+    ("a stringed musical instrument", TEXT, "guitar"),
+    ("a cup of hot coffee", TEXT, "hot beverage"),
+    ("a bike with two wheels", TEXT, "bicycle"),
+    ("the moon at night", TEXT, "crescent moon"),
+    ("an animal that swims in the sea", TEXT, "fish"),
+    ("twitter-1f431.png", SAME, "cat face"),
+    ("twitter-1f355.png", SAME, "pizza"),
+    (("the same emoji", "twitter-1f431.png"), None, "cat face"),
+    (("the same food", "twitter-1f355.png"), None, "pizza"),
+]
+FIXED_FLOOR = 0.8  # the bar: at least 10 of 12
+
+
+def test_fixed_demo_queries_hit_at_top_1(model):
+    from lamra.demo import DEMO_DIR, load_collection
+
+    collection = load_collection()
+    corpus = model.encode([DEMO_DIR / record["img_path"] for record in collection])
+    misses = []
+    for query, instruction, expected in FIXED_QUERIES:
+        if isinstance(query, tuple):
+            item = (query[0], DEMO_DIR / query[1])
+        else:
+            item = DEMO_DIR / query if query.endswith(".png") else query
+        top = collection[int((corpus @ model.encode([item], instruction=instruction)[0]).argmax())]["label"]
+        if top != expected:
+            misses.append((query, expected, top))
+    hits = len(FIXED_QUERIES) - len(misses)
+    assert hits >= FIXED_FLOOR * len(FIXED_QUERIES), f"{hits}/{len(FIXED_QUERIES)} at top 1; misses: {misses}"
+
+
 def test_rerank_quality_floor(model, subset):
     rerank = RerankMethod("pointwise", model_reranker(model, subset), top_k=5)
     report = evaluate_mbeir(model, subset, tasks=[TASK], rerankers=[rerank], show_progress=False)
     reranked = next(r for r in report.results if r.method == "pointwise")
     assert reranked.metrics["R@1"] >= 0.8 * MEASURED["rerank_r1"], reranked.metrics
+
+
+def test_shipped_weights_stay_small():
+    total = sum(path.stat().st_size for path in SHIPPED_DIR.rglob("*") if path.is_file())
+    assert total <= 30e6, f"{total / 1e6:.1f} MB"

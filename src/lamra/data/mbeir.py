@@ -487,10 +487,13 @@ class MBEIRDataset:
     >>> pool = data.cand_pool_dict("emojiname", 0)
     """
 
-    def __init__(self, root: str | os.PathLike):
+    def __init__(self, root: str | os.PathLike, instructions_path: str | os.PathLike | None = None):
+        """``instructions_path``: another instructions TSV in place of the root's own (e.g. held-out
+        paraphrases, to measure how much a model depends on the exact wording it was trained with)."""
         self.root = Path(root).expanduser()
         if not self.root.is_dir():
             raise InputError(f"M-BEIR data root not found: {str(self.root)!r}")
+        self.instructions_path = Path(instructions_path) if instructions_path else self.root / INSTRUCTIONS_RELPATH
         self._instructions: dict[InstructionKey, list[str]] | None = None
 
     def __repr__(self) -> str:
@@ -562,7 +565,7 @@ class MBEIRDataset:
     @property
     def instructions(self) -> dict[InstructionKey, list[str]]:
         if self._instructions is None:
-            self._instructions = read_instructions(self.root / INSTRUCTIONS_RELPATH)
+            self._instructions = read_instructions(self.instructions_path)
         return self._instructions
 
     def instruction_for(self, qid_or_dataset_id: str | int, query_modality: str, cand_modality: str,
@@ -575,7 +578,7 @@ class MBEIRDataset:
         prompts = self.instructions.get(key)
         if not prompts:
             raise InputError(f"no instruction for dataset {key[0]}, {key[1]} -> {key[2]} in "
-                             f"{str(self.root / INSTRUCTIONS_RELPATH)!r}")
+                             f"{str(self.instructions_path)!r}")
         return format_mbeir_text(rng.choice(prompts) if rng is not None else prompts[0])
 
     # images

@@ -183,15 +183,18 @@ def positive_modality(query: MBEIRQuery, pool: Mapping[str, MBEIRCandidate], tas
 
 
 def pick_instruction(data: MBEIRDataset, query: MBEIRQuery, candidate_modality: str, *,
-                     choice: str = "random", seed: int = 0) -> str:
+                     choice: str = "random", seed: int = 0) -> str | None:
     """The query's instruction: ``choice="random"`` draws a paraphrase from a generator seeded by
-    (seed, qid); ``"first"`` takes the first paraphrase of the TSV row."""
+    (seed, qid); ``"first"`` takes the first paraphrase of the TSV row; ``"none"`` gives none (the
+    query alone, to see how much a model leans on the instruction)."""
+    if choice == "none":
+        return None
     if choice == "random":
         rng = random.Random(f"{seed}:{query.qid}")  # str seeds hash with sha512: stable across runs
     elif choice == "first":
         rng = None
     else:
-        raise ValueError(f"instruction choice {choice!r}: expected 'random' or 'first'")
+        raise ValueError(f"instruction choice {choice!r}: expected 'random', 'first' or 'none'")
     return data.instruction_for(query.qid, query.query_modality, candidate_modality, rng=rng)
 
 
@@ -219,10 +222,11 @@ def candidate_item(candidate: MBEIRCandidate) -> dict[str, Any]:
             "img_path": candidate.img_path or None, "modality": candidate.modality}
 
 
-def rerank_query_item(query: MBEIRQuery, instruction: str) -> dict[str, Any]:
+def rerank_query_item(query: MBEIRQuery, instruction: str | None) -> dict[str, Any]:
     """The query a reranker sees: the instruction joined to its text, as the official rerank data does."""
     item = query_item(query)
-    item["txt"] = format_mbeir_text(f"{instruction} {query.query_txt or ''}")
+    joined = f"{instruction} {query.query_txt or ''}" if instruction else query.query_txt or ""
+    item["txt"] = format_mbeir_text(joined) or None
     item["instruction"] = instruction
     return item
 
@@ -389,6 +393,7 @@ def evaluate_mbeir(
     tasks: Iterable[str] | None = None,
     rerankers: Sequence[RerankMethod] = (),
     instruction_choice: str = "random",
+    instructions_path: str | Path | None = None,
     seed: int = 0,
     batch_size: int = 32,
     run_depth: int = 50,
@@ -401,7 +406,7 @@ def evaluate_mbeir(
     ``method`` names the retrieval row of the tables; each reranker adds a row named by its ``name``.
     ``model_name`` keys the index cache under ``index_dir`` (default: ``encoder.name`` or the class).
     """
-    data = MBEIRDataset(data_root)
+    data = MBEIRDataset(data_root, instructions_path)
     if index_dir is not None and not (model_name or getattr(encoder, "name", None)):
         raise ValueError("index_dir needs model_name (e.g. the checkpoint path), so that cached indexes "
                          "of different models never mix")
@@ -422,7 +427,8 @@ def evaluate_mbeir(
             results.extend(_evaluate_task_pool(
                 encoder, cache, data, task, pool, split, queries, instructions, qrels, method, rerankers,
                 batch_size=batch_size, run_depth=run_depth, show_progress=show_progress))
-    settings = {"pools": list(pools), "instruction_choice": instruction_choice, "seed": seed,
+    settings = {"pools": list(pools), "instruction_choice": instruction_choice,
+                "instructions": str(data.instructions_path), "seed": seed,
                 "run_depth": run_depth, "index": "flat" if nlist is None else f"ivf{nlist}",
                 "rerankers": {r.name: {"top_k": r.top_k, "weights": dict(r.weights),
                                        "default_weight": r.default_weight} for r in rerankers}}

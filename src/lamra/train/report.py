@@ -1,9 +1,12 @@
 """The training report of the compact LamRA, generated from the runs' own logs.
 
-    python -m lamra.train.report --runs runs --eval results/stages.json --out docs/training
+    python -m lamra.train.report --runs runs --eval results/stages.md --out docs/training \
+        [--diagnose $LAMRA_HOME/pocketbeir] [--notes docs/training/notes.md]
 
 Writes ``report.md`` and ``losses.png``: each stage's recipe, steps and wall time (summed from
-``losses.jsonl``), loss curves, and the per-task evaluation numbers of the stages.
+``losses.jsonl``), loss curves, the per-task evaluation numbers of the stages, and with
+``--diagnose`` the embedding spread of every stage's model (``lamra.evaluate.diagnostics``): a
+model that maps different images to nearly the same vector shows it there first.
 """
 
 from __future__ import annotations
@@ -52,7 +55,25 @@ def stage_rows(runs: Path) -> tuple[list[str], dict[str, list[dict]]]:
     return rows, logs
 
 
-def write_report(runs: Path, out: Path, evaluation: Path | None, extra_minutes: dict[str, float]) -> Path:
+def spread_sections(runs: Path, data_root: Path) -> list[str]:
+    """One spread table per stage model that exists (val split, seeded sample)."""
+    from lamra import LamRA
+    from lamra.evaluate.diagnostics import embedding_spread, spread_table
+
+    lines = ["## Do the models tell items apart?", "",
+             "Mean pairwise cosine of different val-split candidates (48 per modality, seeded), without and "
+             "with an instruction; `lamra diagnose` prints the same for any model. Near 1 = blind.", ""]
+    for stage, name in STAGES:
+        final = runs / name / "final"
+        if stage == "rank" or not final.is_dir():
+            continue
+        model = LamRA.from_pretrained(final)
+        lines += [f"### {stage} (`{final}`)", "", spread_table(embedding_spread(model, data_root)), ""]
+    return lines
+
+
+def write_report(runs: Path, out: Path, evaluation: Path | None, extra_minutes: dict[str, float],
+                 diagnose: Path | None = None, notes: Path | None = None) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     rows, logs = stage_rows(runs)
     if logs:
@@ -71,8 +92,12 @@ def write_report(runs: Path, out: Path, evaluation: Path | None, extra_minutes: 
         "![loss curves](losses.png)" if logs else "",
         "",
     ]
+    if notes and notes.is_file():
+        lines += [notes.read_text().strip(), ""]
     if evaluation and evaluation.is_file():
         lines += ["## Retrieval quality per stage", "", evaluation.read_text().strip(), ""]
+    if diagnose:
+        lines += spread_sections(runs, diagnose)
     lines += ["## Recipes", ""]
     for stage, name in STAGES:
         recipe = Path("recipes") / f"{name}.yaml"
@@ -90,9 +115,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("docs/training"))
     parser.add_argument("--eval", type=Path, default=None, help="markdown with the per-stage results table")
     parser.add_argument("--timings", type=Path, default=None, help="JSON {step name: minutes} of non-training steps")
+    parser.add_argument("--diagnose", type=Path, default=None, help="M-BEIR root: add each stage's embedding spread")
+    parser.add_argument("--notes", type=Path, default=None, help="markdown written by hand, placed after the table")
     args = parser.parse_args()
     extra = json.loads(args.timings.read_text()) if args.timings and args.timings.is_file() else {}
-    print(write_report(args.runs, args.out, args.eval, extra))
+    print(write_report(args.runs, args.out, args.eval, extra, args.diagnose, args.notes))
 
 
 if __name__ == "__main__":
