@@ -8,7 +8,7 @@ import pytest
 
 from lamra.evaluate.baselines import MiniLMEncoder  # noqa: E402
 from lamra.evaluate.runner import ModalityNotSupported, evaluate_mbeir  # noqa: E402
-from test_eval_runner import build_toy_mbeir  # noqa: E402
+from eval_helpers import build_toy_mbeir  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from test_eval_runner import build_toy_mbeir
+from eval_helpers import build_toy_mbeir
 
 from lamra.evaluate.baselines import VisionTowerEncoder
 from lamra.evaluate.diagnostics import embedding_spread, pairwise_cosine_stats, sample_candidates

@@ -12,6 +12,7 @@ from lamra.index import (
     StaleIndexError,
     VectorIndex,
     build_index,
+    live_version,
     load_or_build_index,
 )
 
@@ -75,7 +76,7 @@ def test_save_load_round_trip_without_the_model(tmp_path):
     index.save(tmp_path / "idx")
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".idx")], "temp dirs left behind"
     loaded = VectorIndex.load(tmp_path / "idx", pool_path=pool, model_name="tiny")
-    manifest = json.loads((tmp_path / "idx" / "manifest.json").read_text())
+    manifest = json.loads((live_version(tmp_path / "idx") / "manifest.json").read_text())
     assert manifest["dims"] == 8 and manifest["count"] == 20 and manifest["model"] == "tiny"
     assert manifest["pool_fingerprint"].startswith("sha256:")
     assert loaded.ids == ids
@@ -96,7 +97,7 @@ def test_stale_index_is_detected(tmp_path):
         VectorIndex.load(tmp_path / "i", pool_path=pool)
     with pytest.raises(FileNotFoundError, match="no index at"):
         VectorIndex.load(tmp_path / "missing")
-    (tmp_path / "i" / "manifest.json").write_text(json.dumps({"format": "other"}))
+    (live_version(tmp_path / "i") / "manifest.json").write_text(json.dumps({"format": "other"}))
     with pytest.raises(IndexFileError, match="unknown index format"):
         VectorIndex.load(tmp_path / "i")
 
@@ -159,3 +160,99 @@ def test_load_or_build_reuses_a_fresh_index(tmp_path):
     load_or_build_index(second, [1, 2, 3], ["a", "b", "c"], tmp_path / "i", model_name="m", pool_path=pool,
                         show_progress=False)
     assert second.calls == 1
+
+
+# --- integrity: a file that does not belong is named, never searched --------------------------------
+
+
+def _saved(tmp_path, name, n, dims=8, seed=0):
+    index = VectorIndex.from_vectors(random_unit(n, dims, seed), [f"{name}:{i}" for i in range(n)], model_name="m")
+    return index.save(tmp_path / name)
+
+
+def _truncate(path):
+    path.write_bytes(path.read_bytes()[: max(1, path.stat().st_size // 2)])
+
+
+def _copy_from(other):
+    def corrupt(version, tmp_path):
+        source = live_version(_saved(tmp_path, *other)) / "index.faiss"
+        (version / "index.faiss").write_bytes(source.read_bytes())
+    return corrupt
+
+
+CORRUPTIONS = {
+    # case: (how the live version is damaged, the error it must give)
+    "faiss of a smaller index": (_copy_from(("small", 10)), r"index\.faiss.* holds 10 vectors of 8 dims"),
+    "faiss of another width": (_copy_from(("narrow", 20, 4)), r"index\.faiss.* holds 20 vectors of 4 dims"),
+    "faiss of other vectors": (_copy_from(("other", 20, 8, 7)), r"index\.faiss.* does not hold the embeddings"),
+    "truncated faiss": (lambda v, t: _truncate(v / "index.faiss"), r"cannot read .*index\.faiss"),
+    "truncated manifest": (lambda v, t: _truncate(v / "manifest.json"), r"cannot read .*manifest\.json"),
+    "truncated ids": (lambda v, t: _truncate(v / "ids.json"), r"cannot read .*ids\.json"),
+    "other ids": (lambda v, t: (v / "ids.json").write_text(json.dumps([f"x:{i}" for i in range(20)])),
+                  r"ids\.json.* does not match its manifest"),
+    "truncated embeddings": (lambda v, t: _truncate(v / "embeddings.npy"), r"embeddings\.npy"),
+    "missing ids": (lambda v, t: (v / "ids.json").unlink(), r"ids\.json.* is missing"),
+}
+
+
+@pytest.mark.parametrize("case", list(CORRUPTIONS))
+def test_a_damaged_or_mixed_index_file_is_named_and_rebuilt(tmp_path, case):
+    damage, message = CORRUPTIONS[case]
+    directory = _saved(tmp_path, "main", 20)
+    damage(live_version(directory), tmp_path)
+    with pytest.raises(IndexFileError, match=message):
+        VectorIndex.load(directory)
+    encoder = CountingEncoder()
+    rebuilt = load_or_build_index(encoder, list(range(20)), [f"main:{i}" for i in range(20)], directory,
+                                  model_name="m", show_progress=False)
+    assert encoder.calls > 0 and len(VectorIndex.load(directory)) == len(rebuilt) == 20
+
+
+class KillAt:
+    """Raise at the n-th file operation (os.replace, shutil.rmtree, np.save, faiss.write_index) and at
+    every one after it, as a kill would stop them all."""
+
+    def __init__(self, n: int):
+        self.n, self.calls = n, 0
+
+    def wrap(self, function):
+        def wrapped(*args, **kwargs):
+            self.calls += 1
+            if self.calls >= self.n:
+                raise KeyboardInterrupt(f"killed at step {self.calls}")
+            return function(*args, **kwargs)
+        return wrapped
+
+
+def test_a_kill_between_any_two_steps_of_a_replace_leaves_one_whole_index(tmp_path, monkeypatch):
+    import os
+    import shutil
+
+    import faiss
+
+    old_ids, new_ids = [f"old:{i}" for i in range(6)], [f"new:{i}" for i in range(9)]
+    old, new = random_unit(6, 8, 1), random_unit(9, 8, 2)
+    step, seen = 1, set()
+    while True:
+        directory = tmp_path / f"kill-{step}"
+        VectorIndex.from_vectors(old, old_ids, model_name="m").save(directory)
+        killer = KillAt(step)
+        with monkeypatch.context() as patch:
+            for module, name in ((os, "replace"), (shutil, "rmtree"), (np, "save"), (faiss, "write_index")):
+                patch.setattr(module, name, killer.wrap(getattr(module, name)))
+            try:
+                VectorIndex.from_vectors(new, new_ids, model_name="m").save(directory)
+                finished = True
+            except KeyboardInterrupt:
+                finished = False
+        loaded = VectorIndex.load(directory)  # the next open: cleans up, and finds one whole index
+        seen.add(tuple(loaded.ids))
+        assert loaded.ids in (old_ids, new_ids), step
+        assert loaded.search(new[:1] if loaded.ids == new_ids else old[:1], 1)[1][0][0] == loaded.ids[0]
+        left = sorted(p.name for p in directory.iterdir())
+        assert left == [".lock", "CURRENT", live_version(directory).name], (step, left)
+        if finished:
+            break
+        step += 1
+    assert step > 5 and seen == {tuple(old_ids), tuple(new_ids)}  # every step was tried, both outcomes seen

@@ -1,25 +1,38 @@
 """A FAISS inner-product index over L2-normalised embeddings that knows its string ids.
 
-On disk an index is a directory::
+On disk an index is a directory holding versions and a pointer to the live one::
 
-    manifest.json     model name, dims, count, index type, fingerprint of the pool file it was built from
-    ids.json          the candidate ids (M-BEIR dids such as "9:1234"), row i <-> ids[i]
-    embeddings.npy    float32 (count, dims), L2-normalised, memory-mapped on load
-    index.faiss       the FAISS index (flat inner product by default, IVF when ``nlist`` is given)
+    CURRENT               the name of the live version, e.g. "v-20261126T194100-1a2b3c4d"
+    v-.../manifest.json   model name, dims, count, index type, fingerprints of the pool file and ids
+    v-.../ids.json        the candidate ids (M-BEIR dids such as "9:1234"), row i <-> ids[i]
+    v-.../embeddings.npy  float32 (count, dims), L2-normalised, memory-mapped on load
+    v-.../index.faiss     the FAISS index (flat inner product by default, IVF when ``nlist`` is given)
 
-It loads without the model (``VectorIndex.load``), and ``load`` refuses an index whose pool file has
-changed since it was built (``StaleIndexError``), so a stale index is never searched by mistake.
+(An index written before versions existed, with the four files directly in the directory, still loads.)
+
+It loads without the model (``VectorIndex.load``). ``load`` refuses an index whose pool file has
+changed since it was built (``StaleIndexError``), and checks every file against the manifest: the
+ids against their fingerprint, the embeddings' and the FAISS index's shapes against count and dims,
+and a sample of rows searched in the FAISS index must find themselves, so a stale, truncated or mixed
+file is reported by name (``IndexFileError``) instead of returning wrong ids.
+
+A new version is written complete beside the live one, then ``CURRENT`` is replaced in one atomic
+rename: a reader (or a kill at any moment) sees the old index or the new one, never none and never
+half of one. Versions and temp files a killed writer left behind are removed at the next open that
+can take the directory's lock (a writer holds it while it swaps).
 
 ``build_index`` encodes a candidate list in batches into a memory-mapped ``.npy`` in a sibling
 ``<dir>.partial`` directory and records its progress after every chunk: a killed encode, run again
-with the same arguments, continues where it stopped. The finished directory replaces ``<dir>`` with a
-rename, so a reader sees either the old index or the new one, never half of one.
+with the same arguments, continues where it stopped.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
+import logging
 import os
 import shutil
 import time
@@ -38,6 +51,12 @@ IDS = "ids.json"
 EMBEDDINGS = "embeddings.npy"
 FAISS_FILE = "index.faiss"
 PROGRESS = "progress.json"
+CURRENT = "CURRENT"
+LOCK = ".lock"
+VERSION_PREFIX = "v-"
+INTEGRITY_SAMPLE = 8  # rows searched at load: each must find itself
+
+logger = logging.getLogger(__name__)
 
 EncodeFn = Callable[[Sequence[Any]], np.ndarray]
 
@@ -92,20 +111,76 @@ def _refuse_duplicate_ids(ids: Sequence[str]) -> None:
 
 
 def _write_json_atomic(path: Path, value: Any) -> None:
+    _write_text_atomic(path, json.dumps(value, indent=2, ensure_ascii=False) + "\n")
+
+
+# --- versions and the CURRENT pointer -------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _directory_lock(directory: Path, blocking: bool = True):
+    """An exclusive lock on the index directory; yields False when not blocking and it is taken."""
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / LOCK, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def live_version(directory: Path) -> Path | None:
+    """The directory holding the live files: the version CURRENT names, or the directory itself for
+    an index written before versions existed; None when there is no index."""
+    pointer = directory / CURRENT
+    if pointer.is_file():
+        name = pointer.read_text(encoding="utf-8").strip()
+        if not name.startswith(VERSION_PREFIX) or "/" in name:
+            raise IndexFileError(f"{str(pointer)!r} names {name!r}, not a version of this index")
+        return directory / name
+    if (directory / MANIFEST).is_file():
+        return directory
+    return None
+
+
+def _publish_version(finished: Path, directory: Path) -> None:
+    """Move a complete version into ``directory`` and point CURRENT at it (the one atomic step);
+    the caller holds the directory's lock."""
+    name = f"{VERSION_PREFIX}{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
+    os.replace(finished, directory / name)
+    _write_text_atomic(directory / CURRENT, name + "\n")
+    _remove_leftovers(directory)
+
+
+def _remove_leftovers(directory: Path) -> None:
+    """Versions CURRENT does not name, temp files and a pre-version layout's files (caller holds the lock)."""
+    live = live_version(directory)
+    for path in directory.iterdir():
+        stale_version = path.name.startswith(VERSION_PREFIX) and path != live
+        temp = path.name.startswith(".") and path.name != LOCK
+        legacy = live != directory and path.name in (MANIFEST, IDS, EMBEDDINGS, FAISS_FILE)
+        if stale_version or temp or legacy:
+            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+
+
+def clean_index_directory(directory: str | os.PathLike) -> None:
+    """Remove what a killed writer left behind, unless a writer is at work right now."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return
+    with _directory_lock(directory, blocking=False) as locked:
+        if locked:
+            _remove_leftovers(directory)
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    tmp.write_text(json.dumps(value, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
-
-
-def _replace_dir(new_dir: Path, target: Path) -> None:
-    """Move a finished directory into place; an older ``target`` is swapped out, then deleted."""
-    old = None
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
-        os.replace(target, old)
-    os.replace(new_dir, target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def _make_faiss_index(vectors: np.ndarray, nlist: int | None, nprobe: int) -> faiss.Index:
@@ -220,18 +295,18 @@ class VectorIndex:
                 )
 
     def save(self, directory: str | os.PathLike) -> Path:
-        """Write the index directory atomically: everything goes to a temp dir that is then renamed."""
+        """Write a new version of the index and make it live atomically (see the module doc)."""
         target = Path(directory)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex[:8]}")
-        tmp.mkdir()
-        try:
-            np.save(tmp / EMBEDDINGS, np.asarray(self.vectors, dtype=np.float32))
-            self._write_files(tmp)
-            _replace_dir(tmp, target)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
+        with _directory_lock(target):  # held while writing, so no cleanup takes the temp files away
+            tmp = target / f".tmp-{uuid.uuid4().hex[:8]}"
+            tmp.mkdir()
+            try:
+                np.save(tmp / EMBEDDINGS, np.asarray(self.vectors, dtype=np.float32))
+                self._write_files(tmp)
+                _publish_version(tmp, target)
+            finally:
+                if tmp.exists():
+                    shutil.rmtree(tmp, ignore_errors=True)
         return target
 
     def _write_files(self, directory: Path) -> None:
@@ -249,24 +324,79 @@ class VectorIndex:
         model_name: str | None = None,
         mmap: bool = True,
     ) -> "VectorIndex":
-        """Load a saved index (no model needed); with ``pool_path``/``model_name`` it must match them."""
+        """Load a saved index (no model needed); with ``pool_path``/``model_name`` it must match them.
+
+        Every file is checked against the manifest (module doc); a mismatch or an unreadable file
+        raises ``IndexFileError`` naming the file. Leftovers of a killed writer are removed first.
+        """
         directory = Path(directory)
-        manifest_path = directory / MANIFEST
-        if not manifest_path.is_file():
-            raise FileNotFoundError(f"no index at {str(directory)!r} (missing {MANIFEST})")
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-        if manifest.get("format") != FORMAT:
-            raise IndexFileError(f"{str(manifest_path)!r}: unknown index format {manifest.get('format')!r}")
-        ids = json.loads((directory / IDS).read_text(encoding="utf-8"))
-        vectors = np.load(directory / EMBEDDINGS, mmap_mode="r" if mmap else None)
-        if vectors.shape != (manifest["count"], manifest["dims"]) or len(ids) != manifest["count"]:
-            raise IndexFileError(
-                f"index {str(directory)!r} is inconsistent: manifest says {manifest['count']}x{manifest['dims']}, "
-                f"embeddings are {vectors.shape}, ids {len(ids)}"
-            )
-        index = cls(vectors, ids, faiss.read_index(str(directory / FAISS_FILE)), manifest)
+        clean_index_directory(directory)
+        version = live_version(directory) if directory.is_dir() else None
+        if version is None:
+            raise FileNotFoundError(f"no index at {str(directory)!r} (missing {CURRENT} and {MANIFEST})")
+        try:
+            index = cls._load_version(version, mmap)
+        except IndexFileError:
+            if live_version(directory) == version:
+                raise
+            index = cls._load_version(live_version(directory), mmap)  # a writer swapped it meanwhile
         index.check_fresh(pool_path=pool_path, model_name=model_name)
         return index
+
+    @classmethod
+    def _load_version(cls, version: Path, mmap: bool) -> "VectorIndex":
+        manifest = _read_json(version / MANIFEST, dict)
+        if manifest.get("format") != FORMAT:
+            raise IndexFileError(f"{str(version / MANIFEST)!r}: unknown index format {manifest.get('format')!r}")
+        try:
+            count, dims = int(manifest["count"]), int(manifest["dims"])
+        except (KeyError, TypeError, ValueError):
+            raise IndexFileError(f"{str(version / MANIFEST)!r}: count and dims missing or not numbers") from None
+        ids = _read_json(version / IDS, list)
+        if len(ids) != count or ids_fingerprint([str(i) for i in ids]) != manifest.get("ids_fingerprint"):
+            raise IndexFileError(f"{str(version / IDS)!r} does not match its manifest ({len(ids)} ids, "
+                                 f"manifest {count}; fingerprints differ or are missing)")
+        try:
+            vectors = np.load(version / EMBEDDINGS, mmap_mode="r" if mmap else None)
+        except (OSError, ValueError, EOFError) as error:
+            raise IndexFileError(f"cannot read {str(version / EMBEDDINGS)!r}: {error}") from None
+        if vectors.shape != (count, dims):
+            raise IndexFileError(f"{str(version / EMBEDDINGS)!r} holds {vectors.shape}, the manifest says "
+                                 f"({count}, {dims})")
+        try:
+            faiss_index = faiss.read_index(str(version / FAISS_FILE))
+        except RuntimeError as error:
+            raise IndexFileError(f"cannot read {str(version / FAISS_FILE)!r}: {str(error).splitlines()[0]}") from None
+        index = cls(vectors, ids, faiss_index, manifest)
+        index._check_faiss(version / FAISS_FILE)
+        return index
+
+    def _check_faiss(self, path: Path) -> None:
+        """The FAISS file must hold these rows: its size and width, and sampled rows find themselves."""
+        if self.faiss_index.ntotal != len(self.ids) or self.faiss_index.d != self.dims:
+            raise IndexFileError(f"{str(path)!r} holds {self.faiss_index.ntotal} vectors of {self.faiss_index.d} "
+                                 f"dims, the manifest says {len(self.ids)} of {self.dims}")
+        if not len(self.ids):
+            return
+        rows = np.unique(np.linspace(0, len(self.ids) - 1, min(INTEGRITY_SAMPLE, len(self.ids))).astype(int))
+        scores, found = self.faiss_index.search(np.ascontiguousarray(self.vectors[rows], dtype=np.float32), 10)
+        for row, row_scores, row_found in zip(rows, scores, found):
+            # the row itself, or an exact duplicate vector, must come back with cosine 1
+            if row not in row_found and not (row_scores[0] > 0.9999):
+                raise IndexFileError(f"{str(path)!r} does not hold the embeddings of its directory (row {row} "
+                                     "is not found): a file of another index? Rebuild it")
+
+
+def _read_json(path: Path, kind: type) -> Any:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise IndexFileError(f"{str(path)!r} is missing") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise IndexFileError(f"cannot read {str(path)!r}: {error}") from None
+    if not isinstance(value, kind):
+        raise IndexFileError(f"{str(path)!r} holds a {type(value).__name__}, expected a {kind.__name__}")
+    return value
 
 
 # --- resumable build -------------------------------------------------------------------------------
@@ -364,7 +494,8 @@ def build_index(
     index._write_files(partial)
     (partial / PROGRESS).unlink()
     del vectors, index
-    _replace_dir(partial, target)
+    with _directory_lock(target):
+        _publish_version(partial, target)
     return VectorIndex.load(target)
 
 
@@ -403,12 +534,15 @@ def load_or_build_index(
     pool_path: str | os.PathLike | None = None,
     **build_options,
 ) -> VectorIndex:
-    """Reuse the index at ``directory`` if it matches the model, pool file and ids; else (re)build it."""
+    """Reuse the index at ``directory`` if it matches the model, pool file and ids; else (re)build it
+    (a corrupt or inconsistent index is rebuilt too, with a warning that says why)."""
     try:
         index = VectorIndex.load(directory, pool_path=pool_path, model_name=model_name)
         if index.manifest.get("ids_fingerprint") == ids_fingerprint([str(d) for d in ids]):
             return index
     except (FileNotFoundError, StaleIndexError):
         pass
+    except IndexFileError as error:
+        logger.warning("rebuilding the index at %s: %s", directory, error)
     return build_index(encode, candidates, ids, directory, model_name=model_name, pool_path=pool_path,
                        **build_options)
