@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import shutil
 
+import pytest
+
 from typer.testing import CliRunner
 
 from lamra.cli import app
@@ -39,7 +41,28 @@ def test_malformed_collection_line_is_named(tmp_path):
     collection = write_collection(tmp_path, [json.dumps({"did": "a", "txt": "fine"}), "{not json"])
     result = runner.invoke(app, ["search", "query", "--collection", str(collection)])
     assert result.exit_code != 0
-    assert f"{collection}:2: malformed JSON" in str(result.exception)
+    assert f"{collection}:2: invalid JSON" in str(result.exception)
+
+
+@pytest.mark.parametrize("line, message", [
+    ('{"txt": 42}', ":1: 'txt' must be a string, got int"),
+    ('{"txt": "caf\xe9"}', ":1: not UTF-8 (byte 0xe9"),
+])
+def test_bad_collection_records_are_named_before_the_model_loads(tmp_path, line, message, monkeypatch):
+    import lamra.cli
+
+    monkeypatch.setattr(lamra.cli, "load_model", lambda *a, **k: pytest.fail("the model loaded first"))
+    path = tmp_path / "collection.jsonl"
+    path.write_bytes(line.encode("latin-1") + b"\n")
+    result = runner.invoke(app, ["search", "query", "--collection", str(path)])
+    assert f"{path}{message}" in str(result.exception)
+
+
+@pytest.mark.parametrize("top_k", ["0", "-1"])
+def test_search_refuses_a_top_k_below_one(tmp_path, top_k):
+    collection = write_collection(tmp_path, [json.dumps({"did": "a", "txt": "fine"})])
+    result = runner.invoke(app, ["search", "query", "--collection", str(collection), "--top-k", top_k])
+    assert f"--top-k must be an integer of at least 1, got {top_k}" in str(result.exception)
 
 
 def test_console_entry_turns_input_errors_into_one_line(tmp_path, monkeypatch, capsys):
@@ -55,3 +78,13 @@ def test_console_entry_turns_input_errors_into_one_line(tmp_path, monkeypatch, c
         run()
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.strip() == f"error: collection file not found: {str(missing)!r}"
+
+
+def test_index_reports_a_bad_pool_line_before_loading_the_model(tmp_path, monkeypatch):
+    import lamra.cli
+
+    monkeypatch.setattr(lamra.cli, "load_model", lambda *a, **k: pytest.fail("the model loaded first"))
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text('{"did": "1:1", "txt": "fine", "modality": "text"}\n{"did": "1:2", "txt": 7, "modality": "text"}\n')
+    result = runner.invoke(app, ["index", str(pool), "--out", str(tmp_path / "index")])
+    assert f"{pool}:2: bad candidate '1:2'" in str(result.exception)

@@ -89,11 +89,14 @@ def test_nli_csv_round_trip(tmp_path):
     ('{"qid": "nine", "query_txt": "x", "query_modality": "text"}', "qid"),
     ('{"qid": "9:1", "query_txt": null, "query_modality": "text"}', "no text"),
     ('{"qid": "9:1", "query_txt": "x", "query_modality": "text", "pos_cand_list": "9:2"}', "pos_cand_list"),
+    ('{"qid": "9:1", "query_txt": 42, "query_modality": "text"}', "bad query '9:1'"),
+    ('[1, 2]', "bad query"),
+    ('{"qid": "9:1", "query_txt": "caf\xe9", "query_modality": "text"}', "not UTF-8 (byte 0xe9 at column"),
 ])
 def test_malformed_query_names_file_and_line(tmp_path, line, reason):
     path = tmp_path / "bad.jsonl"
     good = json.dumps(QUERIES[0].to_dict())
-    path.write_text(good + "\n\n" + line + "\n")
+    path.write_bytes((good + "\n\n").encode() + line.encode("latin-1") + b"\n")  # latin-1: one raw \xe9 byte
     with pytest.raises(MBEIRFormatError) as caught:
         list(read_jsonl(path, "query"))
     assert f"{path}:3:" in str(caught.value) and reason in str(caught.value)

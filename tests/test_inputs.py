@@ -70,3 +70,43 @@ def test_mbeir_record_and_pair_order(tmp_path):
 def test_nothing_is_dropped_from_a_good_batch():
     batch = to_segment_batch(["a", ("b", Image.new("RGB", (2, 2))), ["c", "d"]])
     assert [len(b) for b in batch] == [1, 2, 2]
+
+
+def _png(path: Path, size: tuple[int, int]) -> Path:
+    Image.new("RGB", size, (200, 40, 40)).save(path)
+    return path
+
+
+# item -> what the error must say (checked without the model: to_segment_batch is what encode calls first)
+BAD_ITEMS = {
+    "lone surrogate": ("a \ud800 b", r"item 0 .*not valid Unicode"),
+    "non-string txt": ({"txt": 42}, r"item 0 .*field 'txt' must be a string, got int"),
+    "non-string img_path": ({"img_path": ["a.png"]}, r"item 0 .*field 'img_path' must be a string or a path, got list"),
+    "dict txt": ({"query_txt": {"x": 1}}, r"item 0 .*field 'query_txt' must be a string, got dict"),
+    "zero-size PIL image": (Image.new("RGB", (0, 4)), r"item 0 .*no pixels \(0x4\)"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_ITEMS))
+def test_bad_items_are_named(case):
+    item, message = BAD_ITEMS[case]
+    with pytest.raises(InputError, match=message):
+        to_segment_batch([item, "fine"])
+
+
+def test_oversize_images_are_refused_before_decoding(tmp_path, monkeypatch):
+    import lamra.items
+
+    monkeypatch.setattr(lamra.items, "MAX_IMAGE_PIXELS", 100 * 100)
+    big = _png(tmp_path / "big.png", (200, 100))
+    with pytest.raises(InputError, match=r"big\.png' is 200x100 pixels, more than the limit of 10,000"):
+        to_segment_batch([big])
+    to_segment_batch([_png(tmp_path / "fits.png", (100, 100))])
+
+
+def test_a_decompression_bomb_names_the_file(tmp_path, monkeypatch):
+    # PIL raises its own bomb error above twice its MAX_IMAGE_PIXELS: it must not escape as PIL's error
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    bomb = _png(tmp_path / "bomb.png", (100, 100))
+    with pytest.raises(InputError, match=r"item 0 .*bomb\.png"):
+        to_segment_batch([bomb])

@@ -74,7 +74,9 @@ def search(
 ) -> None:
     """Search a jsonl collection with text or image queries and print the ranked hits."""
     from lamra.collection import read_collection, record_id
+    from lamra.items import check_top_k
 
+    check_top_k(top_k, "--top-k")
     records = read_collection(collection)
     root = image_root or collection.parent
     lamra = load_model(model, precision)
@@ -132,7 +134,7 @@ def index(
     """Encode a candidate pool into a FAISS index that loads without the model."""
     from lamra.evaluate.runner import index_pool
 
-    built = index_pool(load_model(model, precision), pool, out, model_name=model or "compact",
+    built = index_pool(lambda: load_model(model, precision), pool, out, model_name=model or "compact",
                        image_root=image_root, batch_size=batch_size, nlist=nlist)
     typer.echo(f"indexed {len(built)} candidates -> {out}")
 

@@ -5,10 +5,10 @@ M-BEIR candidate pools are such files too (their ``did`` is the id). Errors name
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
+from lamra.data.mbeir import json_lines
 from lamra.items import InputError
 
 
@@ -17,17 +17,13 @@ def read_collection(path: str | os.PathLike) -> list[dict]:
     if not path.is_file():
         raise InputError(f"collection file not found: {str(path)!r}")
     records = []
-    with open(path, encoding="utf-8") as lines:
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise InputError(f"{path}:{number}: malformed JSON ({error.msg})") from None
-            if not isinstance(record, dict) or not (record.get("txt") or record.get("img_path")):
-                raise InputError(f"{path}:{number}: a candidate needs 'txt' and/or 'img_path'")
-            records.append(record)
+    for number, record in json_lines(path, InputError):
+        if not isinstance(record, dict) or not (record.get("txt") or record.get("img_path")):
+            raise InputError(f"{path}:{number}: a candidate needs 'txt' and/or 'img_path'")
+        for key in ("txt", "img_path", "id", "did"):
+            if record.get(key) is not None and not isinstance(record[key], str):
+                raise InputError(f"{path}:{number}: {key!r} must be a string, got {type(record[key]).__name__}")
+        records.append(record)
     if not records:
         raise InputError(f"collection {str(path)!r} is empty")
     return records

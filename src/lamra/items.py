@@ -28,6 +28,38 @@ class InputError(ValueError):
     """Bad user input (missing image, empty text, unsupported type), named with its position."""
 
 
+# Images are refused above this many pixels before they are decoded (PIL's own bomb limit is 178M,
+# and decoding one that large takes seconds and gigabytes); the model sees 224x224 or ~300*28*28.
+MAX_IMAGE_PIXELS = int(os.environ.get("LAMRA_MAX_IMAGE_PIXELS", 40_000_000))
+
+
+def check_top_k(top_k: Any, name: str = "top_k") -> int:
+    """A count of hits: an integer of at least 1 (``True``, 0 and -1 are refused, not sliced with)."""
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+        raise InputError(f"{name} must be an integer of at least 1, got {top_k!r}")
+    return top_k
+
+
+def check_text(text: str) -> str:
+    """Text must be non-empty and valid Unicode (a lone surrogate cannot be tokenised or stored)."""
+    if not text.strip():
+        raise InputError("empty text")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise InputError(f"text is not valid Unicode ({error.reason} at character {error.start})") from None
+    return text
+
+
+def check_image_size(image: Image.Image, name: str) -> None:
+    width, height = image.size
+    if width == 0 or height == 0:
+        raise InputError(f"image {name} has no pixels ({width}x{height})")
+    if width * height > MAX_IMAGE_PIXELS:
+        raise InputError(f"image {name} is {width}x{height} pixels, more than the limit of {MAX_IMAGE_PIXELS:,} "
+                         "(set LAMRA_MAX_IMAGE_PIXELS to raise it)")
+
+
 def load_image(path: str | os.PathLike, image_root: str | os.PathLike | None = None) -> Image.Image:
     """Open an image as RGB; transparent pixels are composited onto white (emoji PNGs are RGBA).
 
@@ -44,9 +76,12 @@ def load_image(path: str | os.PathLike, image_root: str | os.PathLike | None = N
         raise InputError(f"image file not found: {str(path)!r}")
     try:
         with Image.open(path) as image:
+            check_image_size(image, repr(str(path)))  # from the header, before decoding
             image.load()
             return to_rgb(image)
-    except (UnidentifiedImageError, OSError) as error:
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError, ValueError) as error:
+        if isinstance(error, InputError):
+            raise
         raise InputError(f"cannot read image {str(path)!r}: {error}") from None
 
 
@@ -62,10 +97,9 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 def _segment(value: Any, image_root) -> Segment:
     if isinstance(value, str):
-        if not value.strip():
-            raise InputError("empty text")
-        return value
+        return check_text(value)
     if isinstance(value, Image.Image):
+        check_image_size(value, "given as a PIL image")
         return to_rgb(value)
     if isinstance(value, os.PathLike):
         return load_image(value, image_root)
@@ -75,13 +109,13 @@ def _segment(value: Any, image_root) -> Segment:
 def to_segments(item: Any, image_root: str | os.PathLike | None = None) -> list[Segment]:
     """Normalise one item to its segments (raises InputError without position information)."""
     if isinstance(item, dict):
-        text = item.get("txt") or item.get("query_txt") or ""
-        img_path = item.get("img_path") or item.get("query_img_path")
+        text = _field(item, ("txt", "query_txt"), (str,)) or ""
+        img_path = _field(item, ("img_path", "query_img_path"), (str, os.PathLike))
         segments: list[Segment] = []
         if img_path:
             segments.append(load_image(img_path, image_root))
         if text.strip():
-            segments.append(text)
+            segments.append(check_text(text))
         if not segments:
             raise InputError("record has neither text nor image")
         return segments
@@ -96,6 +130,19 @@ def to_segments(item: Any, image_root: str | os.PathLike | None = None) -> list[
             segments.sort(key=lambda s: not isinstance(s, Image.Image))
         return segments
     raise InputError(f"unsupported input type {type(item).__name__}")
+
+
+def _field(record: dict, keys: tuple[str, ...], types: tuple[type, ...]) -> Any:
+    """The first non-empty of ``keys``; a value of another type is refused with the key named."""
+    for key in keys:
+        value = record.get(key)
+        if value is None or value == "":
+            continue
+        if not isinstance(value, types):
+            wanted = " or ".join("a path" if t is os.PathLike else "a string" for t in types)
+            raise InputError(f"field {key!r} must be {wanted}, got {type(value).__name__}")
+        return value
+    return None
 
 
 def to_segment_batch(items: Sequence[Any], image_root=None, what: str = "item") -> list[list[Segment]]:

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from lamra.backbones.base import Backbone
-from lamra.items import InputError, to_segment_batch, to_segments
+from lamra.items import InputError, check_top_k, to_segment_batch, to_segments
 from lamra.reranker import Reranker, fuse
 from lamra.retriever import Retriever
 
@@ -159,6 +159,9 @@ class LamRA:
         ``rerank_top_k`` hits and sorts them by retrieval + ``rerank_weight`` * rerank score."""
         if (corpus is None) == (index is None):
             raise InputError("search needs exactly one of corpus= or index=")
+        check_top_k(top_k)
+        if rerank:
+            check_top_k(rerank_top_k, "rerank_top_k")
         query_vectors = self.encode(queries, instruction=instruction, batch_size=batch_size, show_progress=show_progress)
         if index is None:
             if rerank and corpus is None:

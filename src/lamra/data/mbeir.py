@@ -185,8 +185,27 @@ Record = MBEIRQuery | MBEIRCandidate
 Kind = Literal["query", "candidate"]
 
 
-class MBEIRFormatError(ValueError):
-    """A malformed M-BEIR file; the message starts with ``file:line``."""
+class MBEIRFormatError(InputError):
+    """A malformed M-BEIR file; the message starts with ``file:line`` (an InputError: the CLI shows it
+    as one line)."""
+
+
+def json_lines(path: Path, error: type[Exception] = None) -> Iterator[tuple[int, Any]]:
+    """``(line number from 1, parsed JSON)`` of each non-blank line; a line that is not UTF-8 or not
+    JSON raises ``error`` (default MBEIRFormatError) naming ``file:line``."""
+    error = error or MBEIRFormatError
+    with path.open("rb") as handle:
+        for line_no, raw in enumerate(handle, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as bad:
+                raise error(f"{path}:{line_no}: not UTF-8 (byte {raw[bad.start]:#04x} at column {bad.start + 1})") from None
+            if not line.strip():
+                continue
+            try:
+                yield line_no, json.loads(line)
+            except json.JSONDecodeError as bad:
+                raise error(f"{path}:{line_no}: invalid JSON ({bad.msg})") from None
 
 
 _ID = re.compile(r"^\d+:\d+$")
@@ -276,16 +295,13 @@ def read_jsonl(path: str | os.PathLike, kind: Kind) -> Iterator[Record]:
     path = Path(path)
     if not path.is_file():
         raise MBEIRFormatError(f"{path}: no such file")
-    with path.open("r", encoding="utf-8") as handle:
-        for line_no, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                yield parse(json.loads(line))
-            except json.JSONDecodeError as error:
-                raise MBEIRFormatError(f"{path}:{line_no}: invalid JSON ({error.msg})") from None
-            except (ValueError, TypeError) as error:
-                raise MBEIRFormatError(f"{path}:{line_no}: bad {kind}: {error}") from None
+    for line_no, value in json_lines(path):
+        try:
+            yield parse(value)
+        except (ValueError, TypeError, AttributeError) as error:
+            record_id = value.get("qid" if kind == "query" else "did") if isinstance(value, dict) else None
+            named = f" {record_id!r}" if isinstance(record_id, str) else ""
+            raise MBEIRFormatError(f"{path}:{line_no}: bad {kind}{named}: {error}") from None
 
 
 def _as_dict(record: Record | dict[str, Any]) -> dict[str, Any]:

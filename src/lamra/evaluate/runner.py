@@ -602,15 +602,19 @@ def load_results(path: str | Path) -> dict[str, Any]:
 # --- what the CLI calls ----------------------------------------------------------------------------
 
 
-def index_pool(encoder: Encoder, pool_path: str | Path, directory: str | Path, *, model_name: str,
-               image_root: str | Path | None = None, batch_size: int = 32, nlist: int | None = None,
-               show_progress: bool = True) -> VectorIndex:
+def index_pool(encoder: Encoder | Callable[[], Encoder], pool_path: str | Path, directory: str | Path, *,
+               model_name: str, image_root: str | Path | None = None, batch_size: int = 32,
+               nlist: int | None = None, show_progress: bool = True) -> VectorIndex:
     """``lamra index``: encode an M-BEIR candidate pool file into a saved, resumable index.
 
-    An up-to-date index at ``directory`` (same model, same pool file) is reused as it is.
+    An up-to-date index at ``directory`` (same model, same pool file) is reused as it is. ``encoder``
+    may be a function that loads it: it is called after the pool file has been read and checked,
+    so a bad line is reported without waiting for a model.
     """
     pool_path = Path(pool_path)
     candidates = cand_pool_dict(read_jsonl(pool_path, "candidate"))
+    if not hasattr(encoder, "encode"):
+        encoder = encoder()
     ids = list(candidates)
     items = [candidate_item(candidates[did]) for did in ids]
     # M-BEIR image paths are relative to the data root, two levels above cand_pool/<local|global>/
