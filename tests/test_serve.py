@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
@@ -64,3 +65,69 @@ def test_encode_endpoint(client):
     vectors = client.post("/encode", json={"items": [{"txt": "a"}, {"image": image_b64("1f436.png")}]}).json()
     assert len(vectors["embeddings"]) == 2 and len(vectors["embeddings"][0]) == 576
     assert "item 1" in client.post("/encode", json={"items": [{"txt": "a"}, {}]}).json()["detail"]
+
+
+@pytest.fixture(scope="module")
+def strict_client(compact_backbone):
+    from lamra.serve.app import ServerLimits
+
+    model = LamRA(compact_backbone)
+    records = read_collection(DEMO_DIR / "collection.jsonl")[:3]
+    limits = ServerLimits(max_body_bytes=4096, max_encode_items=2, max_top_k=3)
+    return TestClient(create_app(model, embed_collection(model, records, DEMO_DIR, show_progress=False), limits))
+
+
+def bomb_b64() -> str:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("L", (8000, 8000)).save(buffer, format="PNG")  # 64M pixels, ~60 kB compressed
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+# (route, body, status, words the JSON detail must hold): every hostile input gets a 4xx, none a 500
+HOSTILE = [
+    ("/search", {"image": 12345}, 422, "'image' must be a base64 string, got int"),
+    ("/search", {"image": bomb_b64()}, 422, "8000x8000 pixels, more than the limit"),
+    ("/search", {"txt": "a cat", "instruction": ["x"]}, 422, "'instruction' must be a string, got list"),
+    ("/search", {"txt": "a cat", "rerank": "pointwise", "rerank_weight": "heavy"}, 422, "'rerank_weight' must be a number"),
+    ("/search", '{"txt": "a \\ud800 cat"}', 422, "not valid Unicode"),  # raw JSON: a lone surrogate escape
+    ("/search", {"txt": "a cat", "top_k": True}, 422, "'top_k' must be an integer"),
+    ("/search", {"txt": "a cat", "rerank": 3}, 422, "'rerank' must be a string, got int"),
+    ("/encode", {"items": ["a cat"]}, 422, "item 0: must be an object with 'txt' and/or 'image', got str"),
+    ("/encode", {"items": [{"txt": "a"}], "instruction": 7}, 422, "'instruction' must be a string, got int"),
+]
+
+
+@pytest.mark.parametrize("route, body, status, detail", HOSTILE, ids=[f"{r} {d[:30]}" for r, _, _, d in HOSTILE])
+def test_hostile_requests_get_a_4xx_that_names_the_field(client, route, body, status, detail):
+    if isinstance(body, str):
+        response = client.post(route, content=body, headers={"content-type": "application/json"})
+    else:
+        response = client.post(route, json=body)
+    assert response.status_code == status and detail in response.json()["detail"]
+
+
+def test_server_limits_are_enforced(strict_client):
+    big = strict_client.post("/search", json={"txt": "x" * 5000})
+    assert big.status_code == 413 and "over the limit of 4,096 bytes" in big.json()["detail"]
+
+    def chunks():  # no Content-Length: the body is counted as it arrives
+        yield b'{"txt": "'
+        for _ in range(10):
+            yield b"y" * 1000
+        yield b'"}'
+
+    chunked = strict_client.post("/search", content=chunks(), headers={"content-type": "application/json"})
+    assert chunked.status_code == 413 and "over the limit" in chunked.json()["detail"]
+    many = strict_client.post("/encode", json={"items": [{"txt": "a"}] * 3})
+    assert many.status_code == 413 and "limit of 2 per request" in many.json()["detail"]
+    assert strict_client.post("/search", json={"txt": "a", "top_k": 4}).status_code == 422
+    assert strict_client.post("/search", json={"txt": "a", "top_k": 3}).status_code == 200
+
+
+def test_the_page_never_renders_a_detail_as_html():
+    page = (Path(create_app.__code__.co_filename).parent / "page.html").read_text()
+    assert "innerHTML = `" not in page and "li.textContent = typeof result.detail" in page

@@ -8,6 +8,10 @@ Endpoints:
 - ``GET  /items/{n}/image``   a collection item's image
 
 The collection's embeddings are computed once at start-up (or loaded from a saved index).
+
+Limits (``ServerLimits``, all configurable): request body bytes, items per ``/encode``, ``top_k`` and
+image pixels (checked from the image header, before decoding). Every bad request is a 4xx with a
+JSON ``detail`` that names the field; none reaches the model.
 """
 
 from __future__ import annotations
@@ -23,9 +27,56 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from lamra.collection import record_id
-from lamra.items import InputError, load_image
+from lamra.items import InputError, check_image_size, load_image
 
 MAX_TOP_K = 100
+
+
+@dataclass(frozen=True)
+class ServerLimits:
+    max_body_bytes: int = 16 * 1024 * 1024  # a few large base64 images
+    max_encode_items: int = 64
+    max_top_k: int = MAX_TOP_K
+
+
+class BodySizeLimit:
+    """ASGI middleware: a request body over ``limit`` bytes gets 413 before it is read whole (by its
+    Content-Length, or by counting a chunked body as it arrives)."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.limit):
+            return await self._refuse(send)
+        seen = 0
+
+        async def counted():
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:  # raised inside the route's body read: FastAPI answers it as a 413
+                from fastapi import HTTPException
+
+                raise HTTPException(status_code=413, detail=self.message)
+            return message
+
+        await self.app(scope, counted, send)
+
+    @property
+    def message(self) -> str:
+        return f"request body over the limit of {self.limit:,} bytes"
+
+    async def _refuse(self, send):
+        import json
+
+        body = json.dumps({"detail": self.message}).encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
 
 
 @dataclass
@@ -45,20 +96,28 @@ def embed_collection(model, records: list[dict], image_root: Path, show_progress
     return Collection(records, image_root, vectors)
 
 
-def decode_image(data: str, what: str) -> Image.Image:
+def decode_image(data: Any, what: str) -> Image.Image:
+    if not isinstance(data, str):
+        raise InputError(f"{what}: 'image' must be a base64 string, got {type(data).__name__}")
     try:
         raw = base64.b64decode(data, validate=True)
-        with Image.open(io.BytesIO(raw)) as image:
-            image.load()
-            return image.copy()
     except (binascii.Error, ValueError) as error:
         raise InputError(f"{what}: not valid base64 ({error})") from None
-    except (UnidentifiedImageError, OSError) as error:
+    try:
+        with Image.open(io.BytesIO(raw)) as image:
+            check_image_size(image, f"of {what}")  # from the header, before decoding
+            image.load()
+            return image.copy()
+    except InputError:
+        raise
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as error:
         raise InputError(f"{what}: not a readable image ({error})") from None
 
 
-def request_item(body: dict[str, Any], what: str) -> Any:
+def request_item(body: Any, what: str) -> Any:
     """A query/item from JSON: text, a base64 image, or both (image shown first)."""
+    if not isinstance(body, dict):
+        raise InputError(f"{what}: must be an object with 'txt' and/or 'image', got {type(body).__name__}")
     text = body.get("txt")
     if text is not None and not isinstance(text, str):
         raise InputError(f"{what}: 'txt' must be a string")
@@ -72,11 +131,19 @@ def request_item(body: dict[str, Any], what: str) -> Any:
     raise InputError(f"{what}: give 'txt' and/or 'image'")
 
 
-def create_app(model, collection: Collection):
+def optional_string(body: dict, key: str) -> str | None:
+    value = body.get(key)
+    if value is not None and not isinstance(value, str):
+        raise InputError(f"'{key}' must be a string, got {type(value).__name__}")
+    return value or None
+
+
+def create_app(model, collection: Collection, limits: ServerLimits = ServerLimits()):
     from fastapi import FastAPI, HTTPException
     from fastapi.responses import FileResponse, HTMLResponse
 
     app = FastAPI(title="LamRA", description="Universal multimodal retrieval with a large multimodal model.")
+    app.add_middleware(BodySizeLimit, limit=limits.max_body_bytes)
 
     def bad_input(error: InputError):
         return HTTPException(status_code=422, detail=str(error))
@@ -95,9 +162,12 @@ def create_app(model, collection: Collection):
         raw = body.get("items")
         if not isinstance(raw, list) or not raw:
             raise HTTPException(status_code=422, detail="'items' must be a non-empty list")
+        if len(raw) > limits.max_encode_items:
+            raise HTTPException(status_code=413, detail=f"{len(raw)} items, more than the limit of "
+                                                        f"{limits.max_encode_items} per request")
         try:
             items = [request_item(item, f"item {i}") for i, item in enumerate(raw)]
-            vectors = model.encode(items, instruction=body.get("instruction"))
+            vectors = model.encode(items, instruction=optional_string(body, "instruction"))
         except InputError as error:
             raise bad_input(error) from None
         return {"embeddings": vectors.tolist()}
@@ -105,20 +175,23 @@ def create_app(model, collection: Collection):
     @app.post("/search")
     def search(body: dict) -> dict:
         top_k = body.get("top_k", 5)
-        if not isinstance(top_k, int) or not 1 <= top_k <= MAX_TOP_K:
-            raise HTTPException(status_code=422, detail=f"'top_k' must be an integer in 1..{MAX_TOP_K}")
-        mode = body.get("rerank")
-        if mode and model.reranker is None:
-            raise HTTPException(status_code=422, detail="this server's model has no reranker")
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= limits.max_top_k:
+            raise HTTPException(status_code=422, detail=f"'top_k' must be an integer in 1..{limits.max_top_k}")
+        weight = body.get("rerank_weight", 1.0)
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not np.isfinite(weight):
+            raise HTTPException(status_code=422, detail=f"'rerank_weight' must be a number, got {weight!r:.40}")
         try:
+            mode = optional_string(body, "rerank")
+            if mode and model.reranker is None:
+                raise InputError("this server's model has no reranker")
             query = request_item(body, "query")
-            vector = model.encode([query], instruction=body.get("instruction") or None)[0]
+            vector = model.encode([query], instruction=optional_string(body, "instruction"))[0]
             scores = collection.vectors @ vector
             order = [int(i) for i in np.argsort(-scores, kind="stable")[:top_k]]
             if mode:
                 hits = model.rerank(query, [collection.item(i) for i in order], retrieval_scores=scores[order],
                                     mode=mode, ids=order, image_root=collection.image_root,
-                                    weight=float(body.get("rerank_weight", 1.0)))
+                                    weight=float(weight))
                 ranked = [(h.id, h.score) for h in hits]
             else:
                 ranked = [(i, float(scores[i])) for i in order]
