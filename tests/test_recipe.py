@@ -68,6 +68,9 @@ def test_unknown_keys_and_bad_values_name_the_key_and_file(tmp_path):
         ("lr: 1.0e-4\n", "missing key 'stage'"),
         ("stage: stage0\nbackbone: qwen2-vl\n", "only for the compact backbone"),
         ("stage: stage1\nlora_dropout: 1.5\n", "lora_dropout"),
+        ("stage: stage2\nmixed_batch_ratio: 0.5\n", "needs batch_by_task"),
+        ("stage: stage2\nbatch_by_task: true\nmixed_batch_ratio: 2\n", "mixed_batch_ratio must be in"),
+        ("stage: stage1\ndevice: gpu\n", "device must be auto, cpu, cuda"),
         ("- just\n- a list\n", "mapping"),
         ("stage: [unclosed\n", "not valid YAML"),
     ]:
@@ -149,3 +152,30 @@ def test_grouped_batch_order_draws_each_batch_from_one_group():
     assert order.rank_indices(2, 0) + order.rank_indices(2, 1) == order.global_indices(2)
     with pytest.raises(ValueError, match="full batch"):
         GroupedBatchOrder([[0, 1, 2], [3, 4]], global_batch_size=4, seed=0)
+
+
+def test_grouped_batch_order_mixes_a_share_of_batches_across_groups():
+    groups = [list(range(start, start + 40)) for start in range(0, 160, 40)]
+    group_of = {i: g for g, group in enumerate(groups) for i in group}
+    order = GroupedBatchOrder(groups, global_batch_size=8, seed=1, mixed_ratio=0.5)
+    assert order.steps_per_epoch == 20
+    epoch0 = [order.global_indices(step) for step in range(20)]
+    assert sorted(i for batch in epoch0 for i in batch) == list(range(160))  # each example once
+    mixed = [batch for batch in epoch0 if len({group_of[i] for i in batch}) > 1]
+    assert 8 <= len(mixed) <= 10  # half of the batches re-cut across groups (a few may land in one)
+    assert all(len(batch) == 8 for batch in epoch0)
+    pure = GroupedBatchOrder(groups, global_batch_size=8, seed=1)
+    assert all(len({group_of[i] for i in pure.global_indices(s)}) == 1 for s in range(20))
+    with pytest.raises(ValueError, match="mixed_ratio"):
+        GroupedBatchOrder(groups, 8, seed=1, mixed_ratio=1.5)
+
+
+def test_training_device_resolves_auto_and_the_local_rank(monkeypatch):
+    from lamra.train.distributed import training_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert training_device("auto") == torch.device("cpu")
+    assert training_device("cpu") == torch.device("cpu")
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    assert training_device("cuda") == torch.device("cuda", 3)  # torchrun: this process's GPU
+    assert training_device("cuda:1") == torch.device("cuda", 1)

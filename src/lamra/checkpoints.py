@@ -93,7 +93,8 @@ def role_vision(config: dict, role: str) -> dict:
 
 
 def save_projector(backbone: CompactBackbone, path: str | os.PathLike, dtype=torch.bfloat16) -> None:
-    state = {k: v.detach().to(dtype).contiguous() for k, v in backbone.hf_model.multi_modal_projector.state_dict().items()}
+    projector = backbone.hf_model.multi_modal_projector.state_dict()
+    state = {k: v.detach().to("cpu", dtype).contiguous() for k, v in projector.items()}
     save_file(state, str(path))
 
 

@@ -33,6 +33,16 @@ def init_distributed(backend: str | None = None) -> bool:
     return True
 
 
+def training_device(name: str = "auto") -> torch.device:
+    """The device a recipe's ``device`` names; "auto" is CUDA when there is one. A bare "cuda" in a
+    torchrun job means this process's GPU (LOCAL_RANK)."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device(name)
+
+
 def shutdown_distributed() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()

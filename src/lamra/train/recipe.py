@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass
@@ -50,10 +51,12 @@ class Recipe:
     warmup_ratio: float = 0.03
     epochs: float = 1.0
     max_steps: int | None = None  # when set, overrides epochs (the data repeats as needed)
+    max_minutes: float | None = None  # wall-time budget: the run is shortened to fit (see Trainer)
     batch_size: int = 32  # global examples per optimizer step, split evenly over processes
     chunk_size: int | None = None  # GradCache sub-batch (Ret) / accumulation micro-batch (Rank)
     max_grad_norm: float | None = None
     bf16: bool = True  # torch.autocast bfloat16 (the fast path on CPUs with bf16 units)
+    device: str = "auto"  # auto (CUDA when there is one, else CPU), cpu, cuda or cuda:N
     seed: int = 42
 
     # Model inputs.
@@ -71,6 +74,7 @@ class Recipe:
     train_projector: bool = False  # stages 1/2: the projector trains with the LoRA adapters
     global_image_token: bool = False  # one more visual token: the mean of the whole feature map
     batch_by_task: bool = False  # stage 2: every batch from one task (tasks interleaved over steps)
+    mixed_batch_ratio: float = 0.0  # with batch_by_task: share of batches mixed across tasks again
     no_instruction_ratio: float = 0.0  # stage 2: share of queries trained without an instruction
 
     # Reranker data (stage rank).
@@ -219,6 +223,8 @@ def _check_recipe(recipe: Recipe, source: str) -> None:
     for key in ("chunk_size", "max_steps", "num_visual_tokens", "max_train_examples"):
         if getattr(recipe, key) is not None and getattr(recipe, key) <= 0:
             fail(f"{key} must be positive or null, got {getattr(recipe, key)}")
+    if recipe.max_minutes is not None and recipe.max_minutes <= 0:
+        fail(f"max_minutes must be positive or null, got {recipe.max_minutes}")
     if recipe.lr <= 0 or recipe.temperature <= 0:
         fail("lr and temperature must be positive")
     if not 0.0 <= recipe.lora_dropout < 1.0:
@@ -229,6 +235,12 @@ def _check_recipe(recipe: Recipe, source: str) -> None:
         fail("set epochs > 0 or max_steps")
     if not 0.0 <= recipe.no_instruction_ratio <= 1.0:
         fail(f"no_instruction_ratio must be in [0, 1], got {recipe.no_instruction_ratio}")
+    if not 0.0 <= recipe.mixed_batch_ratio <= 1.0:
+        fail(f"mixed_batch_ratio must be in [0, 1], got {recipe.mixed_batch_ratio}")
+    if recipe.mixed_batch_ratio and not recipe.batch_by_task:
+        fail("mixed_batch_ratio needs batch_by_task: true (without it every batch is mixed already)")
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", recipe.device):
+        fail(f"device must be auto, cpu, cuda or cuda:N, got {recipe.device!r}")
     if (recipe.train_projector or recipe.global_image_token) and recipe.backbone != "compact":
         fail("train_projector and global_image_token exist only for the compact backbone")
     if recipe.hard_negatives < 0:

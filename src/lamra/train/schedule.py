@@ -104,15 +104,25 @@ class GroupedBatchOrder(BatchOrder):
     dropped, as `BatchOrder` drops the epoch's), and shuffles the batches of all groups together,
     so the groups interleave across steps. In-batch negatives then share the query's task and
     modalities: they cannot be told apart by modality alone.
+
+    ``mixed_ratio`` of the epoch's batches (chosen with the same generator) pool their examples and
+    are re-cut across groups: those steps show negatives of other tasks and modalities, which a
+    search over a pool of every modality needs. The number of steps per epoch does not change.
     """
 
-    def __init__(self, groups: list[list[int]], global_batch_size: int, seed: int, num_ranks: int = 1) -> None:
+    def __init__(
+        self, groups: list[list[int]], global_batch_size: int, seed: int, num_ranks: int = 1,
+        mixed_ratio: float = 0.0,
+    ) -> None:
+        if not 0.0 <= mixed_ratio <= 1.0:
+            raise ValueError(f"mixed_ratio must be in [0, 1], got {mixed_ratio}")
         sizes = [len(group) for group in groups]
         super().__init__(sum(sizes), global_batch_size, seed, num_ranks)
         self.groups = [list(group) for group in groups if len(group) >= global_batch_size]
         if not self.groups:
             raise ValueError(f"no group holds a full batch of {global_batch_size} (group sizes {sizes})")
         self.steps_per_epoch = sum(len(group) // global_batch_size for group in self.groups)
+        self.mixed_ratio = mixed_ratio
         self._epoch_batches: tuple[int, list[list[int]]] | None = None
 
     def _batches(self, epoch: int) -> list[list[int]]:
@@ -124,7 +134,14 @@ class GroupedBatchOrder(BatchOrder):
                 for start in range(0, len(group) - self.global_batch_size + 1, self.global_batch_size):
                     batches.append([group[i] for i in order[start : start + self.global_batch_size]])
             shuffled = torch.randperm(len(batches), generator=generator).tolist()
-            self._epoch_batches = (epoch, [batches[i] for i in shuffled])
+            batches = [batches[i] for i in shuffled]
+            mixed = round(self.mixed_ratio * len(batches))
+            if mixed > 1:  # the first `mixed` (random) batches swap examples across groups
+                pooled = [i for batch in batches[:mixed] for i in batch]
+                pooled = [pooled[i] for i in torch.randperm(len(pooled), generator=generator).tolist()]
+                size = self.global_batch_size
+                batches[:mixed] = [pooled[start : start + size] for start in range(0, len(pooled), size)]
+            self._epoch_batches = (epoch, batches)
         return self._epoch_batches[1]
 
     def global_indices(self, step: int) -> list[int]:

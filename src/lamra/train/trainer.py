@@ -26,10 +26,13 @@ from lamra.retriever import autocast_for
 from lamra.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from lamra.train.distributed import all_reduce_mean, is_distributed, is_main_process, rank, world_size
 from lamra.train.recipe import Recipe, save_recipe
-from lamra.train.schedule import BatchOrder, cosine_with_warmup, count_training_steps
+from lamra.train.schedule import (
+    BatchOrder, cosine_lr_factor, cosine_with_warmup, count_training_steps, warmup_steps_for,
+)
 
 StepFn = Callable[[list[int], int], float]
 LOSS_LOG = "losses.jsonl"
+BUDGET_PROBE_STEPS = 10  # steps timed before a `max_minutes` run fixes its length
 
 
 @dataclass
@@ -116,22 +119,26 @@ class Trainer:
         latest = latest_checkpoint(self.run_dir)
         if latest is not None:
             state = load_checkpoint(latest, self.model, self.optimizer, self.scheduler)
-            if state.extra.get("total_steps") not in (None, self.total_steps):
+            shortened = recipe.max_minutes and state.extra.get("total_steps", 0) <= self.total_steps
+            if state.extra.get("total_steps") not in (None, self.total_steps) and not shortened:
                 raise ValueError(
                     f"{latest} belongs to a run of {state.extra['total_steps']} steps, this recipe has "
                     f"{self.total_steps}: use a fresh output_dir"
                 )
             start = state.step
+            if recipe.max_minutes and state.extra.get("total_steps") is not None:
+                self._set_total_steps(state.extra["total_steps"])  # the length the budget chose
         self._truncate_log(start)
         result = TrainResult(self.run_dir, self.total_steps, start)
-        end = self.total_steps if stop_after is None else min(stop_after, self.total_steps)
         self.model.train()
         bar = tqdm(
             total=self.total_steps, initial=start, desc=f"{recipe.name or self.desc}",
             unit="step", disable=not (show_progress and is_main_process()),
         )
         times = []
-        for step in range(start, end):
+        train_began = time.perf_counter()
+        step = start
+        while step < (self.total_steps if stop_after is None else min(stop_after, self.total_steps)):
             began = time.perf_counter()
             indices = self.order.rank_indices(step, rank())
             self.optimizer.zero_grad(set_to_none=True)
@@ -153,16 +160,37 @@ class Trainer:
             bar.set_postfix(loss=f"{loss:.4f}", ex_s=f"{speed:.1f}")
             bar.update(1)
             done = step + 1
+            if recipe.max_minutes and start == 0 and len(times) == BUDGET_PROBE_STEPS:
+                self._fit_time_budget(done, times, time.perf_counter() - train_began)
+                bar.total = self.total_steps
             if done % recipe.save_every == 0 or done == self.total_steps:
                 save_checkpoint(self.run_dir, done, self.model, self.optimizer, self.scheduler,
                                 data_state={"seed": recipe.seed, "batch_size": recipe.batch_size},
                                 extra={"total_steps": self.total_steps, "stage": recipe.stage},
                                 keep_last=recipe.keep_checkpoints)
+            step = done
         bar.close()
+        result.total_steps = self.total_steps
         self.model.eval()
         if times:
             result.seconds_per_step = sum(times) / len(times)
         return result
+
+    def _fit_time_budget(self, done: int, times: list[float], elapsed: float) -> None:
+        """`max_minutes`: from the timed first steps, shorten the run so it ends inside the budget.
+        The cosine schedule is redrawn over the new length (the warmup is already behind on any run
+        long enough to matter) and checkpoints record that length, so a resume keeps it."""
+        typical = sorted(times[2:])[len(times[2:]) // 2]  # median, past the first (warm-up) steps
+        typical, elapsed = all_reduce_mean(typical), all_reduce_mean(elapsed)  # one length on every rank
+        remaining = self.recipe.max_minutes * 60 - elapsed
+        fitted = max(done + 1, done + int(remaining / typical))
+        if fitted < self.total_steps:
+            self._set_total_steps(fitted)
+
+    def _set_total_steps(self, total: int) -> None:
+        self.total_steps = total
+        warmup = warmup_steps_for(total, self.recipe.warmup_ratio)
+        self.scheduler.lr_lambdas[0] = lambda step: cosine_lr_factor(step, total, warmup)
 
     @property
     def finished(self) -> bool:

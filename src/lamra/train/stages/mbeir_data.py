@@ -77,6 +77,11 @@ class MBEIRTrainData:
         return len(self.queries)
 
     # --- records -> segments ---------------------------------------------------------------------
+    def image_paths(self) -> list[str]:
+        """Every image a training step can show: query images and pool images, sorted."""
+        paths = {q.query_img_path for q in self.queries} | {c.img_path for c in self.pool.values()}
+        return sorted(p for p in paths if p)
+
     def image(self, img_path: str) -> Image.Image:
         if img_path not in self._images:
             self._images[img_path] = load_image(img_path, self.image_root)

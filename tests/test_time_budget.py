@@ -1,0 +1,59 @@
+"""`max_minutes`: a run measured to be too slow is shortened to fit, and a resume keeps that length."""
+
+import torch
+
+import lamra.train.trainer as trainer_module
+from lamra.train.recipe import recipe_from_dict
+from lamra.train.trainer import BUDGET_PROBE_STEPS, Trainer
+
+
+class FakeClock:
+    """perf_counter stand-in; the step function moves it `per_step` seconds per step."""
+
+    def __init__(self, per_step: float):
+        self.now, self.per_step = 0.0, per_step
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make_trainer(tmp_path, clock, max_minutes, max_steps=100):
+    recipe = recipe_from_dict({
+        "stage": "stage1", "output_dir": str(tmp_path / "run"), "max_steps": max_steps, "batch_size": 2,
+        "lr": 0.1, "save_every": 5, "max_minutes": max_minutes, "warmup_ratio": 0.0,
+    })
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 1)
+    data = torch.randn(8, 3)
+
+    def step_fn(indices, epoch):
+        clock.now += clock.per_step
+        loss = model(data[indices]).pow(2).mean()
+        loss.backward()
+        return float(loss.detach())
+
+    return Trainer(recipe, model, num_examples=8, step_fn=step_fn)
+
+
+def test_a_slow_run_is_shortened_to_its_budget_and_resumes_at_that_length(tmp_path, monkeypatch):
+    clock = FakeClock(per_step=3.0)  # 1 minute holds 20 steps of 3 s; the recipe asks for 100
+    monkeypatch.setattr(trainer_module.time, "perf_counter", clock)
+    trainer = make_trainer(tmp_path, clock, max_minutes=1.0)
+    result = trainer.train(stop_after=15, show_progress=False)
+    assert trainer.total_steps == 20 and result.total_steps == 20
+    assert len(result.losses) == 15
+    # the cosine now ends at step 20: the lr at step 15 is the 20-step schedule's, not the 100-step one's
+    expected = 0.1 * 0.5 * (1 + torch.cos(torch.tensor(torch.pi * 15 / 20))).item()
+    assert abs(trainer.optimizer.param_groups[0]["lr"] - expected) < 1e-9
+
+    resumed = make_trainer(tmp_path, clock, max_minutes=1.0)  # from checkpoint-15
+    result = resumed.train(show_progress=False)
+    assert resumed.total_steps == 20 and len(result.losses) == 5 and resumed.finished
+
+
+def test_a_fast_run_keeps_its_length(tmp_path, monkeypatch):
+    clock = FakeClock(per_step=0.1)
+    monkeypatch.setattr(trainer_module.time, "perf_counter", clock)
+    trainer = make_trainer(tmp_path, clock, max_minutes=1.0, max_steps=30)
+    result = trainer.train(show_progress=False)
+    assert trainer.total_steps == 30 and len(result.losses) == 30 > BUDGET_PROBE_STEPS
