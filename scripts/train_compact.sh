@@ -4,7 +4,15 @@
 # interruption resumes where it stopped (finished stages are skipped).
 #
 #   bash scripts/train_compact.sh           (after bash scripts/setup.sh and lamra data build pocketbeir)
+#   bash scripts/train_compact.sh gpu       stages 1 and 2 from recipes/compact-gpu-*.yaml (batch 128 on
+#                                           one GPU: the shipped model's recipes; ~5 min on an H200)
 set -euo pipefail
+PROFILE=${1:-cpu}
+case "$PROFILE" in
+    cpu) S1=compact-stage1 S2=compact-stage2 ;;
+    gpu) S1=compact-gpu-stage1 S2=compact-gpu-stage2 ;;
+    *) echo "usage: $0 [cpu|gpu]" >&2; exit 2 ;;
+esac
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 LAMRA=.venv/bin/lamra
@@ -23,17 +31,17 @@ json.dump(timings, open(path, "w"), indent=2)
 PY
 }
 
-stage() {  # stage NAME: train unless its final/ exists
-    [[ -f "runs/compact-$1/final/lamra.json" ]] || "$LAMRA" train "$1" --recipe "recipes/compact-$1.yaml"
+stage() {  # stage STAGE RECIPE: train unless its final/ exists
+    [[ -f "runs/$2/final/lamra.json" ]] || "$LAMRA" train "$1" --recipe "recipes/$2.yaml"
 }
 
-stage stage0
-stage stage1
-[[ -d runs/compact-stage1/merged ]] || "$LAMRA" train merge --recipe recipes/compact-stage1.yaml
-stage stage2
-[[ -f runs/compact-stage2/mined_top100.jsonl ]] || timed mining "$LAMRA" train mine --recipe recipes/compact-rank.yaml --retriever runs/compact-stage2/final
-stage rank
-.venv/bin/python -m lamra.train.package runs/compact-stage2/final runs/compact-rank/final src/lamra/weights/compact
+stage stage0 compact-stage0
+stage stage1 "$S1"
+[[ -d "runs/$S1/merged" ]] || "$LAMRA" train merge --recipe "recipes/$S1.yaml"
+stage stage2 "$S2"
+[[ -f runs/compact-stage2/mined_top100.jsonl ]] || timed mining "$LAMRA" train mine --recipe recipes/compact-rank.yaml --retriever "runs/$S2/final"
+stage rank compact-rank
+.venv/bin/python -m lamra.train.package "runs/$S2/final" runs/compact-rank/final src/lamra/weights/compact
 .venv/bin/python scripts/evaluate_pocketbeir.py all
 .venv/bin/python -m lamra.train.report --runs runs --timings "$TIMINGS" --eval results/stages.md --out docs/training \
-    --diagnose "${LAMRA_HOME:-$HOME/.cache/lamra}/pocketbeir" --notes docs/training/notes.md
+    --diagnose "${LAMRA_HOME:-$HOME/.cache/lamra}/pocketbeir" --notes docs/training/notes.md --profile "$PROFILE"

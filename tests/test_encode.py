@@ -196,3 +196,11 @@ def test_vision_features_persist_to_disk_and_load_without_the_tower(compact_back
 
     monkeypatch.setattr(compact_backbone.hf_model, "image_features", no_tower)
     torch.testing.assert_close(second.get_many(compact_backbone.hf_model, list(images)), computed)
+
+
+def test_the_converted_tokenizer_has_smollm2s_special_tokens(compact_backbone):
+    # Conversions of the GGUF differ between transformers releases; padding and the ChatML turns
+    # rely on these (a missing pad token fails every padded batch).
+    tokenizer = compact_backbone.tokenizer
+    assert (tokenizer.pad_token, tokenizer.eos_token, tokenizer.bos_token) == ("<|im_end|>", "<|im_end|>", "<|im_start|>")
+    assert tokenizer.pad_token_id == tokenizer.convert_tokens_to_ids("<|im_end|>")

@@ -163,6 +163,8 @@ def test_grouped_batch_order_mixes_a_share_of_batches_across_groups():
     assert sorted(i for batch in epoch0 for i in batch) == list(range(160))  # each example once
     mixed = [batch for batch in epoch0 if len({group_of[i] for i in batch}) > 1]
     assert 8 <= len(mixed) <= 10  # half of the batches re-cut across groups (a few may land in one)
+    first_half = [len({group_of[i] for i in batch}) > 1 for batch in epoch0[:10]]
+    assert 0 < sum(first_half) < 10  # mixed and one-task batches interleave over the steps
     assert all(len(batch) == 8 for batch in epoch0)
     pure = GroupedBatchOrder(groups, global_batch_size=8, seed=1)
     assert all(len({group_of[i] for i in pure.global_indices(s)}) == 1 for s in range(20))

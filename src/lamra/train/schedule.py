@@ -134,14 +134,15 @@ class GroupedBatchOrder(BatchOrder):
                 for start in range(0, len(group) - self.global_batch_size + 1, self.global_batch_size):
                     batches.append([group[i] for i in order[start : start + self.global_batch_size]])
             shuffled = torch.randperm(len(batches), generator=generator).tolist()
-            batches = [batches[i] for i in shuffled]
-            mixed = round(self.mixed_ratio * len(batches))
-            if mixed > 1:  # the first `mixed` (random) batches swap examples across groups
-                pooled = [i for batch in batches[:mixed] for i in batch]
+            count = round(self.mixed_ratio * len(batches))
+            if count > 1:  # that many batches, drawn apart from the step order, swap examples across groups
+                mixed = torch.randperm(len(batches), generator=generator)[:count].tolist()
+                pooled = [i for slot in mixed for i in batches[slot]]
                 pooled = [pooled[i] for i in torch.randperm(len(pooled), generator=generator).tolist()]
                 size = self.global_batch_size
-                batches[:mixed] = [pooled[start : start + size] for start in range(0, len(pooled), size)]
-            self._epoch_batches = (epoch, batches)
+                for n, slot in enumerate(mixed):
+                    batches[slot] = pooled[n * size : (n + 1) * size]
+            self._epoch_batches = (epoch, [batches[i] for i in shuffled])
         return self._epoch_batches[1]
 
     def global_indices(self, step: int) -> list[int]:

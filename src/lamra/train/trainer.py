@@ -107,6 +107,7 @@ class Trainer:
         )
         self.optimizer = torch.optim.AdamW(self.params, lr=recipe.lr, weight_decay=recipe.weight_decay)
         self.scheduler = cosine_with_warmup(self.optimizer, self.total_steps, recipe.warmup_ratio)
+        self.warmup_steps = warmup_steps_for(self.total_steps, recipe.warmup_ratio)
 
     def train(self, stop_after: int | None = None, show_progress: bool = True) -> TrainResult:
         """Train to the end (or stop after step ``stop_after``, as a kill would); resumes from the
@@ -178,8 +179,8 @@ class Trainer:
 
     def _fit_time_budget(self, done: int, times: list[float], elapsed: float) -> None:
         """`max_minutes`: from the timed first steps, shorten the run so it ends inside the budget.
-        The cosine schedule is redrawn over the new length (the warmup is already behind on any run
-        long enough to matter) and checkpoints record that length, so a resume keeps it."""
+        The warmup keeps its length (a redrawn one would jump the lr mid-warmup) and the cosine is
+        redrawn to end at the new length; checkpoints record it, so a resume keeps it."""
         typical = sorted(times[2:])[len(times[2:]) // 2]  # median, past the first (warm-up) steps
         typical, elapsed = all_reduce_mean(typical), all_reduce_mean(elapsed)  # one length on every rank
         remaining = self.recipe.max_minutes * 60 - elapsed
@@ -188,8 +189,8 @@ class Trainer:
             self._set_total_steps(fitted)
 
     def _set_total_steps(self, total: int) -> None:
+        warmup = self.warmup_steps if self.warmup_steps < total else warmup_steps_for(total, self.recipe.warmup_ratio)
         self.total_steps = total
-        warmup = warmup_steps_for(total, self.recipe.warmup_ratio)
         self.scheduler.lr_lambdas[0] = lambda step: cosine_lr_factor(step, total, warmup)
 
     @property
