@@ -16,6 +16,7 @@ missing. Reranking is not on these pages.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import sys
 import time
@@ -50,10 +51,16 @@ def data_root() -> Path:
 
 
 def weights_digest(checkpoint: str) -> str:
+    """Of every file that changes what the model computes (lamra.json without its provenance)."""
     digest = hashlib.sha256()
     for path in sorted(Path(checkpoint).rglob("*")):
         if path.is_file():
-            digest.update(path.name.encode() + path.read_bytes())
+            data = path.read_bytes()
+            if path.name == "lamra.json":
+                config = json.loads(data)
+                config.pop("trained_on", None)
+                data = (json.dumps(config, indent=2) + "\n").encode()  # as write_light_config writes it
+            digest.update(path.name.encode() + data)
     return digest.hexdigest()[:12]
 
 

@@ -28,6 +28,15 @@ fi
 echo "== data sources (npm emoji packages, Debian wordnet-base) into $LAMRA_HOME/sources"
 bash scripts/install_data_deps.sh
 
+echo "== headless browser for the search-page test (Debian chromium + chromium-driver)"
+if ! { command -v chromium && command -v chromedriver; } >/dev/null 2>&1; then
+    if [[ "$(id -u)" == 0 ]]; then
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver
+    else
+        echo "   not root: install chromium and chromium-driver yourself to run tests/test_page_browser.py"
+    fi
+fi
+
 echo "== cached model assets in $LAMRA_HOME"
 .venv/bin/python -m lamra.prepare
 echo "== ready"

@@ -84,6 +84,8 @@ def test_stage2_trains_the_projector_and_packaging_keeps_one_per_role(chain, tmp
     assert ret.hf_model.config.num_image_tokens == 5 and rer.hf_model.config.num_image_tokens == 4
     packed = load_file(packaged / config["roles"]["retrieval"]["projector"])
     assert all(torch.equal(packed[k], trained[k].to(torch.bfloat16)) for k in trained)
+    cpu = {"device": f"CPU, 1 process(es) x {torch.get_num_threads()} threads", "torch": torch.__version__}
+    assert config["trained_on"] == {"retrieval": [cpu], "rank": [cpu]}  # where each role's stage ran
 
 
 def test_trained_models_load_and_run(chain, images):

@@ -105,6 +105,7 @@ def write_light_config(
     rank_adapter: str | None,
     global_image_token: bool = False,
     roles: dict[str, dict] | None = None,
+    trained_on: dict[str, list[dict]] | None = None,
 ) -> None:
     config = {
         "format": FORMAT_VERSION,
@@ -116,6 +117,8 @@ def write_light_config(
     }
     if roles:
         config["roles"] = roles
+    if trained_on:
+        config["trained_on"] = trained_on  # per role: the hardware of each session of its last stage
     target = Path(path) / CONFIG_NAME
     tmp = target.with_suffix(".tmp")
     tmp.write_text(json.dumps(config, indent=2) + "\n")

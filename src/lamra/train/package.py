@@ -25,6 +25,7 @@ from safetensors.torch import load_file, save_file
 
 from lamra.assets import atomic_directory
 from lamra.checkpoints import PROJECTOR_FILE, read_light_config, role_vision, write_light_config
+from lamra.train.trainer import HARDWARE_LOG
 
 
 RETRIEVAL_RANK = 24  # with a second projector, keeps the package under 30 MB
@@ -73,6 +74,12 @@ def to_bf16(path: Path) -> None:
     save_file(tensors, str(path))
 
 
+def read_hardware(final: Path) -> list[dict]:
+    """The hardware records of the run a ``final/`` came from (empty for runs older than the log)."""
+    path = final.parent / HARDWARE_LOG
+    return json.loads(path.read_text()) if path.is_file() else []
+
+
 def package_compact(retrieval_final: Path, rank_final: Path, out_dir: Path) -> Path:
     retrieval, rank = read_light_config(retrieval_final), read_light_config(rank_final)
     if not rank.get("rank_adapter"):
@@ -105,8 +112,9 @@ def package_compact(retrieval_final: Path, rank_final: Path, out_dir: Path) -> P
             to_bf16(tensors)
         if retrieval["image_grid"] != rank["image_grid"]:
             raise ValueError(f"LamRA-Ret has a {retrieval['image_grid']}-grid, LamRA-Rank a {rank['image_grid']}-grid")
+        trained_on = {role: read_hardware(final) for role, final in (("retrieval", retrieval_final), ("rank", rank_final))}
         write_light_config(staging.path, retrieval["image_grid"], ["adapters/retrieval"], "adapters/rank",
-                           rank_vision["global_image_token"], roles)
+                           rank_vision["global_image_token"], roles, {k: v for k, v in trained_on.items() if v})
         staging.commit()
     except BaseException:
         staging.abort()

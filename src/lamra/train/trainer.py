@@ -33,6 +33,25 @@ from lamra.train.schedule import (
 StepFn = Callable[[list[int], int], float]
 LOSS_LOG = "losses.jsonl"
 BUDGET_PROBE_STEPS = 10  # steps timed before a `max_minutes` run fixes its length
+HARDWARE_LOG = "hardware.json"  # where each session of a run trained (the package copies it)
+
+
+def hardware_record(device: torch.device) -> dict:
+    if device.type == "cuda":
+        name = f"{world_size()}x {torch.cuda.get_device_name(device)}"
+    else:
+        name = f"CPU, {world_size()} process(es) x {torch.get_num_threads()} threads"
+    return {"device": name, "torch": torch.__version__}
+
+
+def record_hardware(run_dir: Path, device: torch.device) -> None:
+    """Append this session's hardware to the run's list (a resumed run may move machines)."""
+    path = run_dir / HARDWARE_LOG
+    records = json.loads(path.read_text()) if path.is_file() else []
+    if hardware_record(device) not in records:
+        temp = path.with_suffix(".tmp")
+        temp.write_text(json.dumps([*records, hardware_record(device)], indent=2) + "\n")
+        os.replace(temp, path)
 
 
 @dataclass
@@ -116,6 +135,7 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if is_main_process():
             save_recipe(recipe, self.run_dir / "recipe.yaml")
+            record_hardware(self.run_dir, self.params[0].device)
         start = 0
         latest = latest_checkpoint(self.run_dir)
         if latest is not None:
