@@ -15,8 +15,9 @@ from lamra.evaluate.runner import evaluate_mbeir, model_reranker, RerankMethod
 from lamra.model import SHIPPED_DIR
 
 # Measured with this test's procedure on the shipped weights (bf16 autocast, CPU): 40 t->i queries
-# against a concept-subsampled pool (the first shipped model: 0.125 and 0.025). See results/pocketbeir.md.
-MEASURED = {"retrieval_r5": 0.35, "rerank_r1": 0.10}
+# against a concept-subsampled pool (the first shipped model: 0.125 and 0.025; the second, trained
+# on CPU: 0.35 and 0.10). See results/pocketbeir.md.
+MEASURED = {"retrieval_r5": 0.60, "rerank_r1": 0.175}
 TASK = "emojiname_task0"  # t -> i: "grinning face with big eyes" -> the emoji image
 
 
@@ -65,9 +66,11 @@ FIXED_QUERIES = [
     (("the same emoji", "twitter-1f431.png"), None, "cat face"),
     (("the same food", "twitter-1f355.png"), None, "pizza"),
 ]
-# Measured on the shipped weights: 11 of 16 (a blind model gets about 1). The bar, 10 of 12
-# (0.83), is not met yet; this floor guards what is shipped, one miss below the measurement.
-FIXED_FLOOR = 10 / 16
+# Measured on the shipped weights: 12 of 16 (a blind model gets about 1; the CPU-trained model 11).
+# The bar, 10 of 12 (0.83), is not met yet; this floor guards what is shipped, one miss below
+# the measurement. Misses: "a pet that meows" and "a loyal pet that barks" swap cat and dog, football
+# -> fish, "the moon at night" -> rainbow.
+FIXED_FLOOR = 11 / 16
 
 
 def test_fixed_demo_queries_hit_at_top_1(model):
