@@ -97,14 +97,21 @@ class LamRA:
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
         precision: str = "auto",
+        position_mode: str | None = None,
     ) -> LamRA:
         """Load LamRA-Ret (and LamRA-Rank when ``reranker`` is given or the checkpoint has one).
 
         ``name_or_path``: None for the shipped compact model; a Qwen2-VL/Qwen2.5-VL directory or hub id
         (e.g. ``code-kunkun/LamRA-Ret``); or a compact checkpoint directory. ``precision``: "auto"
-        uses bf16 autocast where the hardware supports it, "fp32" never does.
+        uses bf16 autocast where the hardware supports it, "fp32" never does. ``position_mode``
+        (Qwen-VL retrieval only): "sequential" or "mrope"; None picks what the checkpoint was trained
+        with (sequential for LamRA-Ret, see ``lamra.backbones.qwen_vl.POSITION_MODES``).
         """
         backbone = load_backbone(name_or_path, adapter=adapter, device=device, dtype=dtype)
+        if position_mode is not None:
+            if not hasattr(backbone, "position_mode"):
+                raise ValueError("position_mode applies to Qwen2-VL / Qwen2.5-VL checkpoints only")
+            backbone.set_position_mode(position_mode)
         rank_backbone = None
         if reranker is not None or reranker_adapter is not None:
             rank_backbone = load_backbone(

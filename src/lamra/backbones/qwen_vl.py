@@ -34,6 +34,21 @@ QWEN_PRETOKENIZE_PATTERN = (
 )
 IMAGE_PLACEHOLDER = "<|vision_start|><|image_pad|><|vision_end|>"
 SUPPORTED_MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl")
+# How tokens are numbered for rotary embeddings. "mrope": Qwen2-VL's multimodal RoPE (image patches by
+# row and column), what the base models use. "sequential": 0, 1, 2, ... for every token, image patches
+# included: the official LamRA retrieval model calls its decoder with position_ids=None and no image
+# grid (models/qwen2_vl.py there), which under the transformers it pins (4.45) gives these positions,
+# in training and in evaluation, so the released LamRA checkpoints expect them.
+POSITION_MODES = ("mrope", "sequential")
+
+
+def default_position_mode(name_or_path: str | os.PathLike, config) -> str:
+    """"sequential" for LamRA checkpoints (official training stores ``emb_token_ids`` in the config;
+    the released one is LamRA-Ret), "mrope" for everything else: LamRA-Rank was trained and is
+    evaluated through the stock Qwen2-VL forward and generate, which apply M-RoPE."""
+    if getattr(config, "emb_token_ids", None) or "lamra-ret" in Path(str(name_or_path)).name.lower():
+        return "sequential"
+    return "mrope"
 
 
 def build_qwen_tokenizer() -> PreTrainedTokenizerBase:
@@ -89,12 +104,16 @@ def is_qwen_vl_checkpoint(name_or_path: str | os.PathLike) -> bool:
 class QwenVLBackbone(Backbone):
     """Qwen2-VL / Qwen2.5-VL behind the backbone interface."""
 
-    def __init__(self, model, tokenizer, min_pixels: int = MIN_PIXELS, max_pixels: int = MAX_PIXELS):
+    def __init__(
+        self, model, tokenizer, min_pixels: int = MIN_PIXELS, max_pixels: int = MAX_PIXELS,
+        position_mode: str = "mrope",
+    ):
         from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
             Qwen2VLImageProcessorPil,
         )
 
         super().__init__(model, tokenizer)
+        self.set_position_mode(position_mode)
         self.kind = self.hf_model.config.model_type.replace("_", "-")
         self.image_processor = Qwen2VLImageProcessorPil(min_pixels=min_pixels, max_pixels=max_pixels)
         self.image_token_id = self.hf_model.config.image_token_id
@@ -107,8 +126,10 @@ class QwenVLBackbone(Backbone):
         adapter: str | os.PathLike | None = None,
         dtype: torch.dtype = torch.float32,
         device: str | torch.device = "cpu",
+        position_mode: str | None = None,
     ) -> QwenVLBackbone:
-        """Load a Qwen-VL checkpoint (a local directory or a hub id), plus an optional LoRA adapter."""
+        """Load a Qwen-VL checkpoint (a local directory or a hub id), plus an optional LoRA adapter.
+        ``position_mode`` None: the one the checkpoint was trained with (``default_position_mode``)."""
         config = AutoConfig.from_pretrained(name_or_path)
         model = model_class_for(config.model_type).from_pretrained(name_or_path, dtype=dtype)
         try:
@@ -124,7 +145,12 @@ class QwenVLBackbone(Backbone):
 
             model = PeftModel.from_pretrained(model, adapter)
         model.to(device).eval()
-        return cls(model, tokenizer)
+        return cls(model, tokenizer, position_mode=position_mode or default_position_mode(name_or_path, config))
+
+    def set_position_mode(self, mode: str) -> None:
+        if mode not in POSITION_MODES:
+            raise ValueError(f"position_mode must be one of {POSITION_MODES}, got {mode!r}")
+        self.position_mode = mode
 
     @property
     def lora_target_modules(self) -> str:
@@ -173,4 +199,13 @@ class QwenVLBackbone(Backbone):
         inputs = {k: v.to(self.device) for k, v in inputs.items()}
         if "pixel_values" in inputs:
             inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
+        if self.position_mode == "sequential":
+            inputs["position_ids"] = sequential_positions(inputs["attention_mask"])
         return self.hf_model.model(**inputs, use_cache=False).last_hidden_state
+
+
+def sequential_positions(attention_mask: torch.Tensor) -> torch.Tensor:
+    """0, 1, 2, ... over each row's real tokens (padding on either side), for all 3 M-RoPE sections:
+    what an unpadded official forward gives each item."""
+    positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+    return positions.unsqueeze(0).expand(3, *positions.shape)
