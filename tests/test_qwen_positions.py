@@ -3,7 +3,8 @@
 The official retrieval model (models/qwen2_vl.py in Code-kunkun/LamRA) embeds the tokens, writes the
 vision tower's output into the image-pad slots, and calls the decoder with ``position_ids=None`` and no
 image grid: every token, image patches included, is numbered 0, 1, 2, ... The forward below is written
-that way, on a tiny random Qwen2-VL / Qwen2.5-VL, and the library must agree with it.
+that way (``lamra.backbones.qwen_reference``), on a tiny random Qwen2-VL / Qwen2.5-VL, and the
+library must agree with it.
 """
 
 from __future__ import annotations
@@ -12,24 +13,10 @@ from types import SimpleNamespace
 
 import torch
 
+from lamra.backbones.qwen_reference import official_embedding
 from lamra.backbones.qwen_vl import QwenVLBackbone, default_position_mode, sequential_positions
 from lamra.prompts import embedding_messages
 from lamra.retriever import embed_conversations
-
-
-def official_embedding(backbone: QwenVLBackbone, conversation) -> torch.Tensor:
-    """One unpadded item through the decoder as the official LamRA-Ret forward calls it."""
-    inputs = backbone.build_inputs([conversation])
-    model = backbone.hf_model.model
-    embeds = model.get_input_embeddings()(inputs["input_ids"])
-    if "pixel_values" in inputs:
-        image_embeds = model.visual(inputs["pixel_values"], grid_thw=inputs["image_grid_thw"])
-        image_embeds = getattr(image_embeds, "pooler_output", image_embeds)  # merged patches
-        embeds[inputs["input_ids"] == backbone.image_token_id] = image_embeds.to(embeds.dtype)
-    hidden = model.language_model(inputs_embeds=embeds, attention_mask=inputs["attention_mask"],
-                                  position_ids=None, use_cache=False).last_hidden_state
-    emb_at = int((inputs["input_ids"][0] == backbone.emb_token_id).nonzero()[-1])
-    return hidden[0, emb_at - 1]
 
 
 def test_sequential_positions_number_real_tokens_from_zero():
@@ -62,3 +49,16 @@ def test_the_default_follows_the_checkpoint():
     # LamRA-Rank trains and is evaluated through the stock forward / generate, which apply M-RoPE
     assert default_position_mode("code-kunkun/LamRA-Rank", base) == "mrope"
     assert default_position_mode("Qwen/Qwen2-VL-7B-Instruct", base) == "mrope"
+
+
+def test_a_checkpoint_without_tokenizer_files_gets_the_qwen_tokenizer(tiny_qwen_dirs, tmp_path):
+    import shutil
+
+    bare = tmp_path / "LamRA-Ret-tiny"  # weights and config only, as the official checkpoints ship
+    bare.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(tiny_qwen_dirs["qwen2_vl"] / name, bare / name)
+    backbone = QwenVLBackbone.from_pretrained(bare)
+    assert backbone.tokenizer.convert_tokens_to_ids("<|image_pad|>") == backbone.image_token_id == 151655
+    assert len(backbone.tokenizer) > 151_000
+    assert backbone.position_mode == "sequential"  # named as the official checkpoint

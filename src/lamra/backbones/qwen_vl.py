@@ -135,6 +135,10 @@ class QwenVLBackbone(Backbone):
         try:
             tokenizer = AutoTokenizer.from_pretrained(name_or_path)
         except (OSError, ValueError, TypeError):
+            tokenizer = None
+        # A checkpoint without tokenizer files (the official LamRA ones load the processor from the
+        # base model) gives an empty tokenizer here rather than an error: check it knows the image pad.
+        if tokenizer is None or tokenizer.convert_tokens_to_ids("<|image_pad|>") != config.image_token_id:
             tokenizer = build_qwen_tokenizer()
         add_emb_token(tokenizer)
         # The real 151,936-row vocab has room for <emb>; a smaller (tiny) one must grow, never shrink.
