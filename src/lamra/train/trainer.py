@@ -22,6 +22,7 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
+from lamra.data.mbeir import atomic_write_text
 from lamra.retriever import autocast_for
 from lamra.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from lamra.train.distributed import all_reduce_mean, is_distributed, is_main_process, rank, world_size
@@ -49,9 +50,7 @@ def record_hardware(run_dir: Path, device: torch.device) -> None:
     path = run_dir / HARDWARE_LOG
     records = json.loads(path.read_text()) if path.is_file() else []
     if hardware_record(device) not in records:
-        temp = path.with_suffix(".tmp")
-        temp.write_text(json.dumps([*records, hardware_record(device)], indent=2) + "\n")
-        os.replace(temp, path)
+        atomic_write_text(path, json.dumps([*records, hardware_record(device)], indent=2) + "\n")
 
 
 @dataclass
