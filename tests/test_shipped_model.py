@@ -101,3 +101,19 @@ def test_rerank_quality_floor(model, subset):
 def test_shipped_weights_stay_small():
     total = sum(path.stat().st_size for path in SHIPPED_DIR.rglob("*") if path.is_file())
     assert total <= 30e6, f"{total / 1e6:.1f} MB"
+
+
+def test_listwise_parity_mode_scores_the_greedy_answer(model, monkeypatch):
+    from lamra.demo import DEMO_DIR, load_collection
+    from lamra.items import to_segments
+
+    candidates = [DEMO_DIR / record["img_path"] for record in load_collection()[:5]]
+    query = "a cheesy slice of Italian food"
+    answer = model.reranker.listwise_answer(to_segments(query), [to_segments(c) for c in candidates])
+    probabilities = model.reranker.listwise(to_segments(query), [to_segments(c) for c in candidates])
+    assert answer == f"Ans: ({int(probabilities.argmax()) + 1})"  # greedy text and the number scores agree
+    hits = model.rerank(query, candidates, mode="listwise-parity")
+    assert [h.rerank_score for h in sorted(hits, key=lambda h: h.id)] == [
+        1.0 if i == probabilities.argmax() else 0.0 for i in range(5)]
+    monkeypatch.setattr(model.reranker, "listwise_answer", lambda q, c: "The answer is (2)")  # not exact
+    assert all(h.rerank_score == 0.0 for h in model.rerank(query, candidates, mode="listwise-parity"))

@@ -68,7 +68,7 @@ def search(
     image_root: Annotated[Optional[Path], typer.Option(help="Root for img_path; default: the jsonl's folder.")] = None,
     instruction: Annotated[Optional[str], typer.Option(help="Instruction prefixed to each query.")] = None,
     top_k: int = 5,
-    rerank: Annotated[Optional[str], typer.Option(help="pointwise or listwise (needs a reranker).")] = None,
+    rerank: Annotated[Optional[str], typer.Option(help="pointwise, listwise or listwise-parity (needs a reranker).")] = None,
     model: ModelOption = None,
     precision: PrecisionOption = "auto",
 ) -> None:
@@ -145,7 +145,7 @@ def evaluate(
     split: str = "test",
     pools: Annotated[str, typer.Option(help="Comma-separated: local, global.")] = "local",
     tasks: Annotated[Optional[str], typer.Option(help="Comma-separated task keys or dataset names.")] = None,
-    rerank: Annotated[Optional[str], typer.Option(help="pointwise or listwise (needs a reranker).")] = None,
+    rerank: Annotated[Optional[str], typer.Option(help="pointwise, listwise or listwise-parity (needs a reranker).")] = None,
     rerank_top_k: int = 10,
     rerank_weight: float = 1.0,
     minilm: Annotated[bool, typer.Option(help="Also evaluate the all-MiniLM-L6-v2 text baseline.")] = False,

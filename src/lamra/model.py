@@ -23,6 +23,8 @@ logger = logging.getLogger(__name__)
 #: The light checkpoint format of the compact model: a projector and adapters over packaged parts.
 LIGHT_CONFIG = "lamra.json"
 SHIPPED_DIR = Path(__file__).parent / "weights" / "compact"
+# "listwise-parity": the official evaluation's greedy exact-match rule (lamra.reranker), for comparisons
+RERANK_MODES = ("pointwise", "listwise", "listwise-parity")
 
 
 @dataclass
@@ -162,7 +164,7 @@ class LamRA:
         show_progress: bool = False,
     ) -> list[list[Hit]]:
         """Top-k hits for each query, from an in-memory ``corpus`` or a saved ``index``
-        (:class:`lamra.index.VectorIndex`). ``rerank`` ("pointwise" or "listwise") reranks the first
+        (:class:`lamra.index.VectorIndex`). ``rerank`` (one of ``RERANK_MODES``) reranks the first
         ``rerank_top_k`` hits and sorts them by retrieval + ``rerank_weight`` * rerank score."""
         if (corpus is None) == (index is None):
             raise InputError("search needs exactly one of corpus= or index=")
@@ -214,8 +216,8 @@ class LamRA:
         ``retrieval_scores`` the score is their fusion (retrieval + weight * rerank)."""
         if self.reranker is None:
             raise RuntimeError("this model has no reranker; load one with from_pretrained(reranker=...)")
-        if mode not in ("pointwise", "listwise"):
-            raise InputError(f"rerank mode must be 'pointwise' or 'listwise', got {mode!r}")
+        if mode not in RERANK_MODES:
+            raise InputError(f"rerank mode must be one of {', '.join(RERANK_MODES)}, got {mode!r}")
         try:
             query_segments = to_segments(query, image_root)
         except InputError as error:
@@ -223,8 +225,10 @@ class LamRA:
         cand_segments = to_segment_batch(candidates, image_root=image_root, what="candidate")
         if mode == "pointwise":
             rerank_scores = self.reranker.pointwise(query_segments, cand_segments)
-        else:
+        elif mode == "listwise":
             rerank_scores = self.reranker.listwise(query_segments, cand_segments, window=window)
+        else:
+            rerank_scores = self.reranker.listwise_parity(query_segments, cand_segments, window=window)
         base = np.zeros(len(candidates)) if retrieval_scores is None else np.asarray(retrieval_scores)
         final = fuse(base, rerank_scores, weight) if retrieval_scores is not None else rerank_scores
         ids = list(range(len(candidates))) if ids is None else list(ids)

@@ -5,6 +5,8 @@
 - Listwise: the candidates are numbered ``(1)..(n)``; the prompt ends at ``Ans: (`` and each
   candidate's score is the probability of its number (softmax over the numbers 1..n). Longer lists are
   scored in windows of at most ``window`` candidates.
+- Listwise parity: the official evaluation's rule instead, for comparing with its numbers: the model
+  answers greedily and the candidate whose answer is exactly ``Ans: (k)`` scores 1, the rest 0.
 - Fusion: final = retrieval score + w * rerank score.
 """
 
@@ -28,6 +30,7 @@ from lamra.prompts import (
 from lamra.retriever import autocast_for
 
 MAX_LISTWISE_WINDOW = 9  # "1".."9" are single tokens in both tokenizers; "10" is not
+MAX_ANSWER_TOKENS = 8  # "Ans: (3)" is 5 tokens; a longer greedy answer cannot match anyway
 
 
 def single_token_id(backbone: Backbone, text: str) -> int:
@@ -47,6 +50,8 @@ class Reranker:
         self.yes_id = single_token_id(backbone, YES)
         self.no_id = single_token_id(backbone, NO)
         self.number_ids = [single_token_id(backbone, str(n)) for n in range(1, MAX_LISTWISE_WINDOW + 1)]
+        tokenizer = backbone.tokenizer
+        self.stop_ids = {tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.eos_token_id}
 
     def _cut(self, segments: list[Segment]) -> list[Segment]:
         return [
@@ -90,6 +95,35 @@ class Reranker:
             numbers = logits[0, self.number_ids[: len(chunk)]]
             scores.append(numbers.softmax(dim=-1))
         return torch.cat(scores).cpu().numpy() if scores else np.zeros(0, np.float32)
+
+
+    @torch.no_grad()
+    def listwise_answer(self, query: list[Segment], candidates: Sequence[list[Segment]]) -> str:
+        """The greedy answer to the listwise prompt, as the official evaluation generates it (from the
+        generation prompt, up to the end of the turn; special tokens dropped)."""
+        conversation = listwise_messages(self._cut(query), [self._cut(c) for c in candidates])
+        generated: list[int] = []
+        for _ in range(MAX_ANSWER_TOKENS):
+            prefix = self.backbone.tokenizer.decode(generated)
+            token = int(self._next_token_logits([conversation], prefix)[0].argmax())
+            if token in self.stop_ids:
+                break
+            generated.append(token)
+        return self.backbone.tokenizer.decode(generated, skip_special_tokens=True)
+
+    def listwise_parity(self, query: list[Segment], candidates: Sequence[list[Segment]], window: int = 5) -> np.ndarray:
+        """1 for the candidate a window's greedy answer names exactly (``Ans: (k)``), else 0; a window
+        whose answer names none keeps all 0 (fused with retrieval scores, its order stays)."""
+        if not 1 <= window <= MAX_LISTWISE_WINDOW:
+            raise ValueError(f"listwise window must be 1..{MAX_LISTWISE_WINDOW}, got {window}")
+        scores = np.zeros(len(candidates), np.float32)
+        for start in range(0, len(candidates), window):
+            chunk = candidates[start : start + window]
+            answer = self.listwise_answer(query, chunk)
+            for k in range(1, len(chunk) + 1):
+                if answer == f"{LISTWISE_ANSWER_PREFIX}{k})":
+                    scores[start + k - 1] = 1.0
+        return scores
 
 
 def fuse(retrieval_scores: np.ndarray, rerank_scores: np.ndarray, weight: float = 1.0) -> np.ndarray:
