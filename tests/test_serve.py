@@ -73,7 +73,7 @@ def strict_client(compact_backbone):
 
     model = LamRA(compact_backbone)
     records = read_collection(DEMO_DIR / "collection.jsonl")[:3]
-    limits = ServerLimits(max_body_bytes=4096, max_encode_items=2, max_top_k=3)
+    limits = ServerLimits(max_body_bytes=4096, max_encode_items=2, max_top_k=3, max_image_pixels=40 * 40)
     return TestClient(create_app(model, embed_collection(model, records, DEMO_DIR, show_progress=False), limits))
 
 
@@ -126,6 +126,23 @@ def test_server_limits_are_enforced(strict_client):
     assert many.status_code == 413 and "limit of 2 per request" in many.json()["detail"]
     assert strict_client.post("/search", json={"txt": "a", "top_k": 4}).status_code == 422
     assert strict_client.post("/search", json={"txt": "a", "top_k": 3}).status_code == 200
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (50, 50), "red").save(buffer, format="PNG")  # 2,500 pixels > 40x40, a few hundred bytes
+    big_image = strict_client.post("/search", json={"image": base64.b64encode(buffer.getvalue()).decode()})
+    assert big_image.status_code == 422 and "more than the limit of 1,600" in big_image.json()["detail"]
+
+
+def test_lamra_serve_refuses_a_non_positive_limit():
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "lamra.cli", "serve", "--max-top-k", "0"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "must be positive" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_the_page_never_renders_a_detail_as_html():

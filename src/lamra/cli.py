@@ -107,18 +107,26 @@ def serve(
     port: int = 8000,
     model: ModelOption = None,
     precision: PrecisionOption = "auto",
+    max_body_mb: Annotated[float, typer.Option(help="Largest request body (MB); larger ones get 413.")] = 16.0,
+    max_encode_items: Annotated[int, typer.Option(help="Most items in one /encode request.")] = 64,
+    max_top_k: Annotated[int, typer.Option(help="Largest top_k a /search may ask for.")] = 100,
+    max_image_pixels: Annotated[int, typer.Option(help="Largest image (width x height) a request may send.")] = 40_000_000,
 ) -> None:
     """Serve search over a collection: HTTP API (/encode, /search) and a web page at /."""
     import uvicorn
 
     from lamra.collection import read_collection
     from lamra.demo import DEMO_DIR
-    from lamra.serve.app import create_app, embed_collection
+    from lamra.items import InputError
+    from lamra.serve.app import ServerLimits, create_app, embed_collection
 
+    limits = ServerLimits(int(max_body_mb * 1024 * 1024), max_encode_items, max_top_k, max_image_pixels)
+    if min(limits.max_body_bytes, max_encode_items, max_top_k, max_image_pixels) <= 0:
+        raise InputError("server limits (--max-body-mb, --max-encode-items, --max-top-k, --max-image-pixels) must be positive")
     path = collection or DEMO_DIR / "collection.jsonl"
     lamra = load_model(model, precision)
     embedded = embed_collection(lamra, read_collection(path), image_root or path.parent)
-    uvicorn.run(create_app(lamra, embedded), host=host, port=port)
+    uvicorn.run(create_app(lamra, embedded, limits), host=host, port=port)
 
 
 @app.command()

@@ -51,12 +51,14 @@ def check_text(text: str) -> str:
     return text
 
 
-def check_image_size(image: Image.Image, name: str) -> None:
+def check_image_size(image: Image.Image, name: str, max_pixels: int | None = None) -> None:
+    """Refuse an empty image, or one over ``max_pixels`` (default ``LAMRA_MAX_IMAGE_PIXELS``)."""
+    limit = MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
     width, height = image.size
     if width == 0 or height == 0:
         raise InputError(f"image {name} has no pixels ({width}x{height})")
-    if width * height > MAX_IMAGE_PIXELS:
-        raise InputError(f"image {name} is {width}x{height} pixels, more than the limit of {MAX_IMAGE_PIXELS:,} "
+    if width * height > limit:
+        raise InputError(f"image {name} is {width}x{height} pixels, more than the limit of {limit:,} "
                          "(set LAMRA_MAX_IMAGE_PIXELS to raise it)")
 
 

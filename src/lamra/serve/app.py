@@ -27,7 +27,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from lamra.collection import record_id
-from lamra.items import InputError, check_image_size, load_image
+from lamra.items import MAX_IMAGE_PIXELS, InputError, check_image_size, load_image
 
 MAX_TOP_K = 100
 
@@ -37,6 +37,7 @@ class ServerLimits:
     max_body_bytes: int = 16 * 1024 * 1024  # a few large base64 images
     max_encode_items: int = 64
     max_top_k: int = MAX_TOP_K
+    max_image_pixels: int = MAX_IMAGE_PIXELS  # checked from the header, before an image is decoded
 
 
 class BodySizeLimit:
@@ -96,7 +97,7 @@ def embed_collection(model, records: list[dict], image_root: Path, show_progress
     return Collection(records, image_root, vectors)
 
 
-def decode_image(data: Any, what: str) -> Image.Image:
+def decode_image(data: Any, what: str, max_pixels: int | None = None) -> Image.Image:
     if not isinstance(data, str):
         raise InputError(f"{what}: 'image' must be a base64 string, got {type(data).__name__}")
     try:
@@ -105,7 +106,7 @@ def decode_image(data: Any, what: str) -> Image.Image:
         raise InputError(f"{what}: not valid base64 ({error})") from None
     try:
         with Image.open(io.BytesIO(raw)) as image:
-            check_image_size(image, f"of {what}")  # from the header, before decoding
+            check_image_size(image, f"of {what}", max_pixels)  # from the header, before decoding
             image.load()
             return image.copy()
     except InputError:
@@ -114,14 +115,14 @@ def decode_image(data: Any, what: str) -> Image.Image:
         raise InputError(f"{what}: not a readable image ({error})") from None
 
 
-def request_item(body: Any, what: str) -> Any:
+def request_item(body: Any, what: str, max_pixels: int | None = None) -> Any:
     """A query/item from JSON: text, a base64 image, or both (image shown first)."""
     if not isinstance(body, dict):
         raise InputError(f"{what}: must be an object with 'txt' and/or 'image', got {type(body).__name__}")
     text = body.get("txt")
     if text is not None and not isinstance(text, str):
         raise InputError(f"{what}: 'txt' must be a string")
-    image = decode_image(body["image"], what) if body.get("image") else None
+    image = decode_image(body["image"], what, max_pixels) if body.get("image") else None
     if image is not None and text:
         return (text, image)
     if image is not None:
@@ -166,7 +167,7 @@ def create_app(model, collection: Collection, limits: ServerLimits = ServerLimit
             raise HTTPException(status_code=413, detail=f"{len(raw)} items, more than the limit of "
                                                         f"{limits.max_encode_items} per request")
         try:
-            items = [request_item(item, f"item {i}") for i, item in enumerate(raw)]
+            items = [request_item(item, f"item {i}", limits.max_image_pixels) for i, item in enumerate(raw)]
             vectors = model.encode(items, instruction=optional_string(body, "instruction"))
         except InputError as error:
             raise bad_input(error) from None
@@ -184,7 +185,7 @@ def create_app(model, collection: Collection, limits: ServerLimits = ServerLimit
             mode = optional_string(body, "rerank")
             if mode and model.reranker is None:
                 raise InputError("this server's model has no reranker")
-            query = request_item(body, "query")
+            query = request_item(body, "query", limits.max_image_pixels)
             vector = model.encode([query], instruction=optional_string(body, "instruction"))[0]
             scores = collection.vectors @ vector
             order = [int(i) for i in np.argsort(-scores, kind="stable")[:top_k]]
