@@ -132,7 +132,7 @@ def test_server_limits_are_enforced(strict_client):
 
     buffer = io.BytesIO()
     Image.new("RGB", (50, 50), "red").save(buffer, format="PNG")  # 2,500 pixels > 40x40, a few hundred bytes
-    big_image = strict_client.post("/search", json={"image": base64.b64encode(buffer.getvalue()).decode()})
+    big_image = strict_client.post("/search", json={"image": base64.b64encode(buffer.getvalue()).decode(), "top_k": 1})
     assert big_image.status_code == 422 and "more than the limit of 1,600" in big_image.json()["detail"]
 
 
