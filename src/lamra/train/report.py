@@ -50,7 +50,8 @@ def stage_rows(runs: Path, stages: list[tuple[str, str]] = STAGES) -> tuple[list
     for stage, name in stages:
         log = read_loss_log(runs / name) if (runs / name).is_dir() else []
         if not log:
-            rows.append(f"| {stage} | not run | | | |")
+            done = (runs / name / "final").is_dir()
+            rows.append(f"| {stage} | {'trained, its log is not in this runs/ folder' if done else 'not run'} | | | |")
             continue
         logs[stage] = log
         minutes = sum(r["seconds"] for r in log) / 60
