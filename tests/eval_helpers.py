@@ -99,7 +99,7 @@ class HashingEncoder:
             words += Path(item["img_path"]).stem.split("_")
         return [w for w in words if w not in STOPWORDS]
 
-    def encode(self, items, instruction=None, batch_size=32, show_progress=False, image_root=None):
+    def encode(self, items, instruction=None, batch_size=32, show_progress=False, image_root=None, role="query"):
         vectors = np.zeros((len(items), self.dims), np.float32)
         vectors[:, 0] = 0.01  # never a zero vector
         for row, item in enumerate(items):

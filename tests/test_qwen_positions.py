@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import numpy as np
+import pytest
 import torch
 
 from lamra.backbones.qwen_reference import official_embedding
@@ -62,3 +64,38 @@ def test_a_checkpoint_without_tokenizer_files_gets_the_qwen_tokenizer(tiny_qwen_
     assert backbone.tokenizer.convert_tokens_to_ids("<|image_pad|>") == backbone.image_token_id == 151655
     assert len(backbone.tokenizer) > 151_000
     assert backbone.position_mode == "sequential"  # named as the official checkpoint
+
+
+def test_official_truncation_cuts_documents_whole_and_pools_the_last_kept_token(tiny_qwen_dir):
+    from lamra import LamRA
+    from lamra.retriever import OFFICIAL_TRUNCATION, Truncation
+
+    model = LamRA.from_pretrained(tiny_qwen_dir, precision="fp32")
+    assert model.retriever.truncation == OFFICIAL_TRUNCATION  # the Qwen path's default
+    long_text = "a long passage about emoji and their many drawings " * 250  # ~2,500 tokens
+    query, document = (model.encode([long_text], role=role)[0] for role in ("query", "document"))
+    # a document is cut to its first 1,024 tokens (the official collator); <emb> is gone, so the
+    # official pooling takes the last kept token
+    backbone = model.backbone
+    conversation = model.retriever.prepare([long_text], None)
+    inputs = backbone.build_inputs([conversation])
+    assert inputs["input_ids"].shape[1] > 1024  # a query is never cut
+    cut = backbone.build_inputs([conversation], max_length=1024)
+    assert cut["input_ids"].shape[1] == 1024 and backbone.emb_token_id not in cut["input_ids"][0].tolist()
+    with torch.no_grad():
+        expected = backbone.hidden_states(cut)[0, -1]
+    np.testing.assert_allclose(document, torch.nn.functional.normalize(expected, dim=0).numpy(), atol=1e-5)
+    assert not np.allclose(query, document, atol=1e-3)
+    # the compact path keeps its per-text cut; a user can choose either for any model
+    model.retriever.truncation = Truncation(text_tokens=16)
+    assert np.allclose(*(model.encode([long_text], role=role)[0] for role in ("query", "document")), atol=1e-6)
+
+
+def test_a_cut_through_an_image_is_refused():
+    from lamra.backbones.base import cut_sequence
+    from lamra.items import InputError
+
+    with pytest.raises(InputError, match="cut through an image"):
+        cut_sequence([1, 2, 9, 9, 3], 3, image_token_id=9)
+    assert cut_sequence([9, 9, 1, 2, 3], 3, image_token_id=9) == [9, 9, 1]
+    assert cut_sequence([1, 2], 3, image_token_id=9) == [1, 2] and cut_sequence([1, 2], None, 9) == [1, 2]

@@ -82,7 +82,7 @@ def search(
     lamra = load_model(model, precision)
     parsed = [Path(q[1:]) if q.startswith("@") else q for q in queries]
     candidates = [{"txt": r.get("txt") or "", "img_path": r.get("img_path")} for r in records]
-    corpus_vectors = lamra.encode(candidates, image_root=root, show_progress=True)
+    corpus_vectors = lamra.encode(candidates, image_root=root, show_progress=True, role="document")
     query_vectors = lamra.encode(parsed, instruction=instruction)
     for query, vector in zip(queries, query_vectors, strict=True):
         scores = corpus_vectors @ vector

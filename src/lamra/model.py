@@ -16,7 +16,7 @@ import torch
 from lamra.backbones.base import Backbone
 from lamra.items import InputError, check_top_k, to_segment_batch, to_segments
 from lamra.reranker import Reranker, fuse
-from lamra.retriever import Retriever
+from lamra.retriever import Retriever, Truncation
 
 logger = logging.getLogger(__name__)
 
@@ -83,9 +83,12 @@ class LamRA:
     >>> hits = model.search(["smiling cat"], corpus=[...], top_k=5)
     """
 
-    def __init__(self, backbone: Backbone, reranker_backbone: Backbone | None = None, precision: str = "auto"):
+    def __init__(
+        self, backbone: Backbone, reranker_backbone: Backbone | None = None, precision: str = "auto",
+        truncation: Truncation | None = None,
+    ):
         self.backbone = backbone
-        self.retriever = Retriever(backbone, precision=precision)
+        self.retriever = Retriever(backbone, precision=precision, truncation=truncation)
         self.reranker = Reranker(reranker_backbone, precision=precision) if reranker_backbone else None
 
     @classmethod
@@ -136,10 +139,12 @@ class LamRA:
         show_progress: bool = False,
         image_root: str | os.PathLike | None = None,
         convert_to_numpy: bool = True,
+        role: str = "query",
     ) -> np.ndarray:
         """Embed strings, images (PIL or ``pathlib.Path``), (text, image) pairs, M-BEIR records and
         interleaved lists; L2-normalised float32 rows in input order. ``instruction`` (one, or one
-        per item) is prefixed to each item's text, as LamRA does for queries."""
+        per item) is prefixed to each item's text, as LamRA does for queries. ``role`` "document"
+        (candidates, a corpus) applies the document length limit of ``retriever.truncation``."""
         return self.retriever.encode(
             items,
             instruction=instruction,
@@ -147,6 +152,7 @@ class LamRA:
             show_progress=show_progress,
             image_root=image_root,
             convert_to_numpy=convert_to_numpy,
+            role=role,
         )
 
     def search(
@@ -175,7 +181,7 @@ class LamRA:
         if index is None:
             if rerank and corpus is None:
                 raise InputError("reranking needs the corpus items")
-            corpus_vectors = self.encode(corpus, batch_size=batch_size, show_progress=show_progress)
+            corpus_vectors = self.encode(corpus, batch_size=batch_size, show_progress=show_progress, role="document")
             scores = query_vectors @ corpus_vectors.T
             k = min(top_k, len(corpus))
             top = np.argsort(-scores, axis=1, kind="stable")[:, :k]

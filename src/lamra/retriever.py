@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -42,44 +43,81 @@ def autocast_for(device: torch.device, precision: str):
     return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
-def pool_before_emb(hidden: torch.Tensor, input_ids: torch.Tensor, emb_token_id: int) -> torch.Tensor:
+def pool_before_emb(
+    hidden: torch.Tensor, input_ids: torch.Tensor, emb_token_id: int, cut_rows_take_last: bool = False
+) -> torch.Tensor:
     """Each row's hidden state at the token just before its (last) ``<emb>``; found by id, not by
-    position, so left and right padding give the same vector."""
+    position, so left and right padding give the same vector. A row whose ``<emb>`` was cut away
+    raises, or with ``cut_rows_take_last`` (left padding) gives its last token, as the official
+    evaluation does for a candidate cut at its length limit."""
     is_emb = input_ids == emb_token_id
-    if not bool(is_emb.any(dim=1).all()):
-        rows = (~is_emb.any(dim=1)).nonzero().flatten().tolist()
+    has_emb = is_emb.any(dim=1)
+    if not cut_rows_take_last and not bool(has_emb.all()):
+        rows = (~has_emb).nonzero().flatten().tolist()
         raise ValueError(f"no <emb> token in batch rows {rows} (truncated input?)")
     width = input_ids.shape[1]
-    last_emb = width - 1 - is_emb.flip(dims=[1]).int().argmax(dim=1)
-    return hidden[torch.arange(hidden.shape[0], device=hidden.device), last_emb - 1]
+    before_emb = width - 2 - is_emb.flip(dims=[1]).int().argmax(dim=1)
+    position = torch.where(has_emb, before_emb, torch.full_like(before_emb, width - 1))
+    return hidden[torch.arange(hidden.shape[0], device=hidden.device), position.to(hidden.device)]
 
 
-def embed_conversations(backbone: Backbone, conversations: list, padding_side: str = "left") -> torch.Tensor:
-    """Unnormalised embeddings of ready-made conversations (trainers call this with gradients on)."""
-    inputs = backbone.build_inputs(conversations, padding_side=padding_side)
+def embed_conversations(
+    backbone: Backbone, conversations: list, padding_side: str = "left", max_length: int | None = None
+) -> torch.Tensor:
+    """Unnormalised embeddings of ready-made conversations (trainers call this with gradients on).
+    ``max_length``: cut each token sequence there (left padding only), pooling the last kept token
+    of a sequence that lost its ``<emb>``."""
+    if max_length is not None and padding_side != "left":
+        raise ValueError("max_length needs left padding (a cut row's last token is then the batch's last)")
+    inputs = backbone.build_inputs(conversations, padding_side=padding_side, max_length=max_length)
     hidden = backbone.hidden_states(inputs)
-    return pool_before_emb(hidden, inputs["input_ids"].to(hidden.device), backbone.emb_token_id)
+    return pool_before_emb(hidden, inputs["input_ids"].to(hidden.device), backbone.emb_token_id,
+                           cut_rows_take_last=max_length is not None)
 
 
 def sort_key(segments: list[Segment]) -> int:
     return sum(len(s) if isinstance(s, str) else IMAGE_SORT_WEIGHT for s in segments)
 
 
+@dataclass(frozen=True)
+class Truncation:
+    """Where inputs are cut before encoding.
+
+    ``text_tokens``: every text segment cut to this many tokens (None: never). ``document_tokens``:
+    a document's whole token sequence (prompt and image tokens included) cut to this many, as the
+    official evaluation cuts candidates; a document that loses its ``<emb>`` is pooled at its last
+    kept token, as there (None: never). Queries are never cut as a whole.
+    """
+
+    text_tokens: int | None = MAX_TEXT_TOKENS
+    document_tokens: int | None = None
+
+
+# The compact model keeps what it was trained and evaluated with; the Qwen path follows the official
+# evaluation (queries whole, candidates cut at 1,024 tokens of the whole sequence).
+COMPACT_TRUNCATION = Truncation(text_tokens=MAX_TEXT_TOKENS)
+OFFICIAL_TRUNCATION = Truncation(text_tokens=None, document_tokens=1024)
+ROLES = ("query", "document")
+
+
+def default_truncation(backbone: Backbone) -> Truncation:
+    return COMPACT_TRUNCATION if backbone.kind == "compact" else OFFICIAL_TRUNCATION
+
+
 class Retriever:
     """Encodes items with a backbone. Used through :class:`lamra.LamRA`."""
 
-    def __init__(self, backbone: Backbone, precision: str = "auto", max_text_tokens: int = MAX_TEXT_TOKENS):
+    def __init__(self, backbone: Backbone, precision: str = "auto", truncation: Truncation | None = None):
         self.backbone = backbone
         self.precision = precision
-        self.max_text_tokens = max_text_tokens
+        self.truncation = truncation or default_truncation(backbone)
 
     def prepare(self, segments: list[Segment], instruction: str | None) -> list[dict[str, Any]]:
-        """The LamRA-Ret conversation of one item (instruction prefixed, text cut to 480 tokens)."""
+        """The LamRA-Ret conversation of one item (instruction prefixed, texts cut per ``truncation``)."""
         segments = with_instruction(segments, instruction)
-        segments = [
-            self.backbone.truncate_text(s, self.max_text_tokens) if isinstance(s, str) else s
-            for s in segments
-        ]
+        limit = self.truncation.text_tokens
+        if limit is not None:
+            segments = [self.backbone.truncate_text(s, limit) if isinstance(s, str) else s for s in segments]
         return embedding_messages(segments)
 
     @torch.no_grad()
@@ -91,8 +129,13 @@ class Retriever:
         show_progress: bool = False,
         image_root=None,
         convert_to_numpy: bool = True,
+        role: str = "query",
     ) -> np.ndarray | torch.Tensor:
-        """L2-normalised embeddings, one row per item, in input order (float32)."""
+        """L2-normalised embeddings, one row per item, in input order (float32). ``role``
+        "document" applies ``truncation.document_tokens``."""
+        if role not in ROLES:
+            raise InputError(f"role must be one of {ROLES}, got {role!r}")
+        max_length = self.truncation.document_tokens if role == "document" else None
         segments = to_segment_batch(items, image_root=image_root)
         instructions = _per_item(instruction, len(segments))
         order = sorted(range(len(segments)), key=lambda i: -sort_key(segments[i]))
@@ -103,7 +146,8 @@ class Retriever:
             for start in range(0, len(order), batch_size):
                 chunk = order[start : start + batch_size]
                 conversations = [self.prepare(segments[i], instructions[i]) for i in chunk]
-                embeddings = F.normalize(embed_conversations(self.backbone, conversations).float(), dim=-1)
+                embedded = embed_conversations(self.backbone, conversations, max_length=max_length)
+                embeddings = F.normalize(embedded.float(), dim=-1)
                 for i, vector in zip(chunk, embeddings.cpu(), strict=True):
                     vectors[i] = vector
                 progress.update(len(chunk))

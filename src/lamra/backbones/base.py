@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from lamra.items import to_rgb
+from lamra.items import InputError, to_rgb
 from lamra.prompts import EMB_TOKEN
 
 Messages = list[dict[str, Any]]
@@ -64,6 +64,17 @@ def render_chatml(
     return RenderedConversation("".join(parts), images)
 
 
+def cut_sequence(sequence: list[int], max_length: int | None, image_token_id: int) -> list[int]:
+    """The first ``max_length`` tokens of a tokenised item (all when None). A cut through an image's
+    tokens is refused: its features would no longer fit the slots left for them."""
+    if max_length is None or len(sequence) <= max_length:
+        return sequence
+    if image_token_id in sequence[max_length:]:
+        raise InputError(f"cutting an item at {max_length} tokens would cut through an image "
+                         f"({len(sequence)} tokens in all); raise the document length limit")
+    return sequence[:max_length]
+
+
 def pad_sequences(
     sequences: list[list[int]], pad_id: int, padding_side: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -101,8 +112,10 @@ class Backbone(ABC):
         add_generation_prompt: bool = False,
         assistant_prefix: str = "",
         padding_side: str = "left",
+        max_length: int | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Tokenise and batch conversations (images included) into model inputs."""
+        """Tokenise and batch conversations (images included) into model inputs; with ``max_length``
+        each token sequence is cut to that many tokens (``cut_sequence``)."""
 
     def build_training_inputs(
         self, conversations: list[Messages], padding_side: str = "right"

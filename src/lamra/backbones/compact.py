@@ -13,7 +13,7 @@ from PIL import Image
 from transformers import AutoConfig, AutoModel, AutoTokenizer, LlamaForCausalLM
 
 from lamra.assets import efficientnet_lite0_weights, smollm2_dir
-from lamra.backbones.base import Backbone, Messages, pad_sequences, render_chatml
+from lamra.backbones.base import Backbone, Messages, cut_sequence, pad_sequences, render_chatml
 from lamra.backbones.compact_modeling import (
     CompactLMMConfig,
     CompactLMMForConditionalGeneration,
@@ -174,13 +174,15 @@ class CompactBackbone(Backbone):
         add_generation_prompt: bool = False,
         assistant_prefix: str = "",
         padding_side: str = "left",
+        max_length: int | None = None,
     ) -> dict[str, torch.Tensor]:
         sequences, images = [], []
+        image_token_id = self.hf_model.config.image_token_id
         for messages in conversations:
             rendered = render_chatml(
                 messages, self.image_placeholder, None, add_generation_prompt, assistant_prefix
             )
-            sequences.append(self.tokenize(rendered.text))
+            sequences.append(cut_sequence(self.tokenize(rendered.text), max_length, image_token_id))
             images += rendered.images
         input_ids, attention_mask = pad_sequences(sequences, self.tokenizer.pad_token_id, padding_side)
         inputs = {"input_ids": input_ids, "attention_mask": attention_mask}

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
 
-from lamra.backbones.base import Backbone, Messages, pad_sequences, render_chatml
+from lamra.backbones.base import Backbone, Messages, cut_sequence, pad_sequences, render_chatml
 from lamra.prompts import EMB_TOKEN
 
 # Official settings (LamRA's collators): default system turn and the image pixel cap.
@@ -167,6 +167,7 @@ class QwenVLBackbone(Backbone):
         add_generation_prompt: bool = False,
         assistant_prefix: str = "",
         padding_side: str = "left",
+        max_length: int | None = None,
     ) -> dict[str, torch.Tensor]:
         sequences, pixel_values, grids = [], [], []
         for messages in conversations:
@@ -184,7 +185,7 @@ class QwenVLBackbone(Backbone):
                 text = pieces[0] + "".join(
                     "<|image_pad|>" * n + rest for n, rest in zip(counts, pieces[1:], strict=True)
                 )
-            sequences.append(self.tokenize(text))
+            sequences.append(cut_sequence(self.tokenize(text), max_length, self.image_token_id))
         input_ids, attention_mask = pad_sequences(
             sequences, self.tokenizer.pad_token_id, padding_side
         )

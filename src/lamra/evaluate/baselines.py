@@ -78,7 +78,8 @@ class MiniLMEncoder:
         self._torch = torch
 
     def encode(self, items: Sequence[Any], instruction: str | None = None, batch_size: int = 64,
-               show_progress: bool = False, image_root: str | os.PathLike | None = None) -> np.ndarray:
+               show_progress: bool = False, image_root: str | os.PathLike | None = None,
+               role: str = "query") -> np.ndarray:
         """L2-normalised float32 embeddings (n, 384), in the order of ``items``."""
         if isinstance(items, (str, dict)):
             raise InputError(f"expected a list of items, got a single {type(items).__name__}")
@@ -123,7 +124,8 @@ class VisionTowerEncoder:
         self.device = device
 
     def encode(self, items: Sequence[Any], instruction: str | None = None, batch_size: int = 64,
-               show_progress: bool = False, image_root: str | os.PathLike | None = None) -> np.ndarray:
+               show_progress: bool = False, image_root: str | os.PathLike | None = None,
+               role: str = "query") -> np.ndarray:
         """L2-normalised float32 embeddings (n, 1280), in the order of ``items``; the instruction is unused."""
         import torch
 

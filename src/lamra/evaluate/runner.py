@@ -62,7 +62,8 @@ DEFAULT_WEIGHT_GRID = (0.0, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0)
 
 class Encoder(Protocol):
     def encode(self, items: Sequence[Any], instruction: str | None = None, batch_size: int = 32,
-               show_progress: bool = False, image_root: str | Path | None = None) -> np.ndarray: ...
+               show_progress: bool = False, image_root: str | Path | None = None,
+               role: str = "query") -> np.ndarray: ...
 
 
 # rerank(query item, candidate items, their retrieval scores) -> one rerank score per candidate
@@ -344,7 +345,7 @@ class _PoolCache:
 
         def encode(batch):
             return self.encoder.encode(batch, batch_size=self.batch_size, show_progress=False,
-                                       image_root=root)
+                                       image_root=root, role="document")
 
         # IVF only pays off on large pools, and k-means wants ~39 points per list: small local
         # pools stay flat even when an nlist is asked for
@@ -621,7 +622,7 @@ def index_pool(encoder: Encoder | Callable[[], Encoder], pool_path: str | Path, 
     root = Path(image_root) if image_root is not None else pool_path.resolve().parents[2]
 
     def encode(batch):
-        return encoder.encode(batch, batch_size=batch_size, show_progress=False, image_root=root)
+        return encoder.encode(batch, batch_size=batch_size, show_progress=False, image_root=root, role="document")
 
     return load_or_build_index(encode, items, ids, directory, model_name=model_name, pool_path=pool_path,
                                batch_size=batch_size, nlist=nlist, show_progress=show_progress)

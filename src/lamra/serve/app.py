@@ -3,7 +3,7 @@
 Endpoints:
 - ``GET  /``                  a search page (text and/or image query, optional rerank)
 - ``GET  /health``            model and collection sizes
-- ``POST /encode``            ``{"items": [{"txt": ..., "image": <base64>}], "instruction": ...}`` -> vectors
+- ``POST /encode``            ``{"items": [{"txt": ..., "image": <base64>}], "instruction": ..., "role": "query"|"document"}`` -> vectors
 - ``POST /search``            ``{"txt": ..., "image": <base64>, "top_k": 5, "rerank": null}`` -> hits
 - ``GET  /items/{n}/image``   a collection item's image
 
@@ -93,7 +93,7 @@ class Collection:
 
 def embed_collection(model, records: list[dict], image_root: Path, show_progress: bool = True) -> Collection:
     items = [{"txt": r.get("txt") or "", "img_path": r.get("img_path")} for r in records]
-    vectors = model.encode(items, image_root=image_root, show_progress=show_progress)
+    vectors = model.encode(items, image_root=image_root, show_progress=show_progress, role="document")
     return Collection(records, image_root, vectors)
 
 
@@ -168,7 +168,8 @@ def create_app(model, collection: Collection, limits: ServerLimits = ServerLimit
                                                         f"{limits.max_encode_items} per request")
         try:
             items = [request_item(item, f"item {i}", limits.max_image_pixels) for i, item in enumerate(raw)]
-            vectors = model.encode(items, instruction=optional_string(body, "instruction"))
+            role = optional_string(body, "role") or "query"
+            vectors = model.encode(items, instruction=optional_string(body, "instruction"), role=role)
         except InputError as error:
             raise bad_input(error) from None
         return {"embeddings": vectors.tolist()}

@@ -87,7 +87,7 @@ def mine(
     if pool_vectors is None:
         items = [_cand_item(data, did) for did in dids]
         pool_vectors = retriever.encode(items, batch_size=batch_size, show_progress=show_progress,
-                                        image_root=data.image_root, convert_to_numpy=False)
+                                        image_root=data.image_root, convert_to_numpy=False, role="document")
         temp = pool_file.with_name(pool_file.name + ".tmp")
         torch.save({"key": key, "vectors": pool_vectors}, temp)
         os.replace(temp, pool_file)
