@@ -15,6 +15,8 @@ from typing import Any
 
 from PIL import Image
 
+from lamra.items import Segment
+
 EMB_TOKEN = "<emb>"
 
 # --- official: LamRA-Ret (dataset/datasets_mbeir.py) -------------------------------------------
@@ -47,7 +49,6 @@ LISTWISE_ANSWER_PREFIX = "Ans: ("
 MAX_TEXT_TOKENS = 480
 MAX_RERANK_TEXT_TOKENS = 256
 
-Segment = str | Image.Image
 
 
 def format_mbeir_text(text: str | None) -> str:

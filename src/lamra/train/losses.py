@@ -5,8 +5,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from lamra.backbones.base import IGNORE_INDEX  # the label of tokens that carry no loss
+
 DEFAULT_TEMPERATURE = 0.05
-IGNORE_INDEX = -100
 
 
 def similarity_logits(

@@ -24,10 +24,11 @@ import torch.nn.functional as F
 
 from lamra.backbones.base import IGNORE_INDEX, Backbone
 from lamra.data.mbeir import MBEIRQuery
+from lamra.items import Segment
 from lamra.prompts import MAX_RERANK_TEXT_TOKENS, NO, YES, listwise_messages, pointwise_messages
 from lamra.train.distributed import is_distributed
 from lamra.train.recipe import Recipe
-from lamra.train.stages.mbeir_data import MBEIRTrainData, Segment
+from lamra.train.stages.mbeir_data import MBEIRTrainData
 from lamra.train.stages.models import StageSetupError
 from lamra.train.trainer import autocast
 

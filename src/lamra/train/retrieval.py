@@ -22,11 +22,12 @@ import torch
 
 from lamra.backbones.base import Backbone
 from lamra.data.textpairs import read_nli_csv
+from lamra.items import Segment
 from lamra.prompts import embedding_messages
 from lamra.retriever import embed_conversations
 from lamra.train.gradcache import GradCache
 from lamra.train.recipe import Recipe
-from lamra.train.stages.mbeir_data import MBEIRTrainData, Segment
+from lamra.train.stages.mbeir_data import MBEIRTrainData
 from lamra.train.stages.models import StageSetupError
 from lamra.train.trainer import autocast
 

@@ -21,12 +21,11 @@ from lamra.data.mbeir import (
     read_instructions,
     read_jsonl,
 )
-from lamra.items import load_image
+from lamra.items import Segment, load_image
 from lamra.prompts import format_mbeir_text
 from lamra.train.recipe import Recipe
 from lamra.train.stages.models import StageSetupError
 
-Segment = str | Image.Image
 
 
 def data_root_of(path: str | Path) -> Path:
