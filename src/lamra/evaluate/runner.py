@@ -270,7 +270,7 @@ def encode_queries(encoder: Encoder, items: Sequence[dict], instructions: Sequen
     return vectors
 
 
-def fuse(retrieved: Retrieved, method: str, weight: float) -> list[tuple[str, float]]:
+def reranked_run(retrieved: Retrieved, method: str, weight: float) -> list[tuple[str, float]]:
     """The reranked list: the top-k by ``retrieval + weight * rerank``, then the rest in retrieval order.
 
     The rest keep their retrieval scores shifted down below the reranked block, so that the list's
@@ -476,7 +476,7 @@ def _evaluate_task_pool(encoder, cache: _PoolCache, data: MBEIRDataset, task: Ev
     for reranker in rerankers:
         rerank_seconds = _rerank_all(reranker, queries, instructions, retrieved, candidates, show_progress)
         weight = reranker.weight_for(task.key)
-        fused = {qid: fuse(r, reranker.name, weight) for qid, r in retrieved.items()}
+        fused = {qid: reranked_run(r, reranker.name, weight) for qid, r in retrieved.items()}
         results.append(TaskResult(
             reranker.name, pool, task, _score(fused, qrels, task),
             seconds={**timing, "rerank": rerank_seconds, "rerank_per_query": rerank_seconds / len(queries)},
@@ -546,7 +546,7 @@ def sweep_rerank_weights(report: EvaluationReport, reranker: str, *, pool: str =
         qrels = MBEIRDataset(report.data_root).qrels(report.split, result.task.dataset, result.task.task_id)
         headline = headline_metric_for(result.task.dataset)
         table[result.task.key] = {
-            w: _score({qid: fuse(r, reranker, w) for qid, r in result.retrieved.items()}, qrels, result.task)[headline]
+            w: _score({qid: reranked_run(r, reranker, w) for qid, r in result.retrieved.items()}, qrels, result.task)[headline]
             for w in grid
         }
         top = max(table[result.task.key].values())
