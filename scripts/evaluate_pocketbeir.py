@@ -33,7 +33,7 @@ COMMAND = ".venv/bin/python scripts/evaluate_pocketbeir.py all"
 OUT = Path("results/pocketbeir")
 CHECKPOINTS = {
     "Base (stage 0 only)": "runs/compact-stage0/final",
-    "Stage 1 only": "runs/compact-stage1/final",
+    "Stage 1 only": "runs/compact-gpu-stage1/final",  # the shipped weights' stage 1
     "LamRA-Ret": "src/lamra/weights/compact",  # the shipped package
 }
 INDEX_DIR = Path("runs/eval-index")

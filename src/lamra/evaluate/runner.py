@@ -44,6 +44,7 @@ from lamra.data.mbeir import (
     MBEIRQuery,
     atomic_write_text,
     cand_pool_dict,
+    global_pool_relpath,
     normalize_modality,
     read_jsonl,
 )
@@ -320,7 +321,7 @@ class _PoolCache:
     def pool_path(self, pool: str, task: EvalTask, split: str) -> Path:
         if pool == "local":
             return self.data.local_pool_path(task.dataset, task.task_id, split)
-        return self.data.path(f"cand_pool/global/mbeir_union_{split}_cand_pool.jsonl")
+        return self.data.path(global_pool_relpath(split))
 
     def candidates(self, path: Path) -> dict[str, MBEIRCandidate]:
         if path not in self.records:
