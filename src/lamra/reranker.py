@@ -129,10 +129,3 @@ class Reranker:
 def fuse(retrieval_scores: np.ndarray, rerank_scores: np.ndarray, weight: float = 1.0) -> np.ndarray:
     """final = retrieval + w * rerank (the official fusion)."""
     return np.asarray(retrieval_scores, np.float32) + weight * np.asarray(rerank_scores, np.float32)
-
-
-# The official fusion weights for the Qwen2-VL checkpoints (w = 1 unless listed).
-OFFICIAL_FUSION_WEIGHTS = {("mscoco", 0): 0.5, ("mscoco", 3): 0.1}
-OFFICIAL_ITM_WEIGHT = 0.1
-OFFICIAL_POINTWISE_TOP_K = 50
-OFFICIAL_ZERO_SHOT_TOP_K = 10

@@ -56,8 +56,6 @@ from lamra.prompts import format_mbeir_text
 
 POOLS = ("local", "global")
 MAP_KS = (5,)
-# The official fusion weights for the Qwen checkpoints (DESIGN.md); every other task uses 1.0.
-OFFICIAL_QWEN_RERANK_WEIGHTS = {"mscoco_task0": 0.5, "mscoco_task3": 0.1}
 DEFAULT_WEIGHT_GRID = (0.0, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0)
 
 
