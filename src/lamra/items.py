@@ -62,6 +62,16 @@ def check_image_size(image: Image.Image, name: str, max_pixels: int | None = Non
                          "(set LAMRA_MAX_IMAGE_PIXELS to raise it)")
 
 
+def resolve_under(root: str | os.PathLike, path: str | os.PathLike) -> Path:
+    """``root / path`` resolved; a path that escapes ``root`` (``..``, an absolute path, a link out)
+    is refused."""
+    root = Path(root).resolve()
+    full = (root / path).resolve()
+    if full != root and root not in full.parents:
+        raise InputError(f"image path {str(path)!r} escapes the data root {str(root)!r}")
+    return full
+
+
 def load_image(path: str | os.PathLike, image_root: str | os.PathLike | None = None) -> Image.Image:
     """Open an image as RGB; transparent pixels are composited onto white (emoji PNGs are RGBA).
 
@@ -69,11 +79,7 @@ def load_image(path: str | os.PathLike, image_root: str | os.PathLike | None = N
     """
     path = Path(path)
     if image_root is not None:
-        root = Path(image_root).resolve()
-        full = (root / path).resolve()
-        if full != root and root not in full.parents:
-            raise InputError(f"image path {str(path)!r} escapes the data root {str(root)!r}")
-        path = full
+        path = resolve_under(image_root, path)
     if not path.is_file():
         raise InputError(f"image file not found: {str(path)!r}")
     try:

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from lamra.items import InputError, load_image
+from lamra.items import InputError, load_image, resolve_under
 from lamra.prompts import format_mbeir_text
 
 # --- tasks, modalities, datasets ---------------------------------------------------------------
@@ -600,11 +600,7 @@ class MBEIRDataset:
     # images
     def resolve_image(self, img_path: str | os.PathLike) -> Path:
         """The absolute path of an image path from a record; a path escaping the root is refused."""
-        root = self.root.resolve()
-        full = (root / img_path).resolve()
-        if root not in full.parents:
-            raise InputError(f"image path {str(img_path)!r} escapes the data root {str(root)!r}")
-        return full
+        return resolve_under(self.root, img_path)
 
     def load_image(self, img_path: str | os.PathLike):
         """Open a record's image as RGB (transparent pixels composited onto white)."""
