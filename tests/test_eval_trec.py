@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from lamra.evaluate.metrics import evaluate_run, recall_at_k
-from lamra.evaluate.trec import read_run, trec_eval_means, trec_order, write_qrels, write_run
+from lamra.evaluate.trec import read_run, trec_eval_means, trec_order, write_run, write_trec_qrels
 
 
 
@@ -28,7 +28,7 @@ def random_run_and_qrels(seed: int = 0, queries: int = 40, pool: int = 30, depth
 def test_trec_eval_success_equals_our_hit_rate_and_recall_differs(tmp_path):
     run, qrels = random_run_and_qrels()
     write_run(tmp_path / "run.trec", run, "lamra-test")
-    write_qrels(tmp_path / "qrels.txt", qrels)
+    write_trec_qrels(tmp_path / "qrels.txt", qrels)
     assert read_run(tmp_path / "run.trec") == {qid: list(r) for qid, r in run.items()}
 
     ours = evaluate_run({qid: [d for d, _ in r] for qid, r in run.items()}, qrels, recall_ks=(1, 5, 10))
@@ -48,7 +48,7 @@ def test_trec_order_matches_trec_eval_tie_breaking(tmp_path):
     assert [d for d, _ in run["1:0"]] == ["1:d", "1:c", "1:b", "1:a"]
     write_run(tmp_path / "run.trec", run, "ties")
     for positive, expected_success_1 in (("1:d", 1.0), ("1:a", 0.0)):
-        write_qrels(tmp_path / "qrels.txt", {"1:0": {positive}})
+        write_trec_qrels(tmp_path / "qrels.txt", {"1:0": {positive}})
         assert trec_eval_means(tmp_path / "run.trec", tmp_path / "qrels.txt", ["success.1"])["success_1"] == expected_success_1
 
 

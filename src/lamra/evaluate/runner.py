@@ -49,7 +49,7 @@ from lamra.data.mbeir import (
     read_jsonl,
 )
 from lamra.evaluate.metrics import evaluate_run, headline_metric_for, recall_ks_for
-from lamra.evaluate.trec import trec_order, write_qrels, write_run
+from lamra.evaluate.trec import trec_order, write_run, write_trec_qrels
 from lamra.index import VectorIndex, encode_in_batches, load_or_build_index
 from lamra.items import InputError
 from lamra.prompts import format_mbeir_text
@@ -585,7 +585,7 @@ def write_report(report: EvaluationReport, out_dir: str | Path, *, command: str)
         write_run(run_path, result.run, run_name)
         qrels_path = out_dir / "qrels" / f"{result.task.key}.{report.split}.qrels"
         if qrels_path not in written_qrels:
-            write_qrels(qrels_path, data.qrels(report.split, result.task.dataset, result.task.task_id))
+            write_trec_qrels(qrels_path, data.qrels(report.split, result.task.dataset, result.task.task_id))
             written_qrels.add(qrels_path)
         entry["run_file"] = str(run_path.relative_to(out_dir))
         entry["qrels_file"] = str(qrels_path.relative_to(out_dir))

@@ -81,7 +81,7 @@ def read_run(path: str | os.PathLike) -> dict[str, list[tuple[str, float]]]:
     return run
 
 
-def write_qrels(path: str | os.PathLike, qrels: Mapping[str, Collection[str]]) -> Path:
+def write_trec_qrels(path: str | os.PathLike, qrels: Mapping[str, Collection[str]]) -> Path:
     """Write trec_eval qrels (``qid 0 did 1``) for ``{qid: {positive did, ...}}``."""
     lines = [f"{qid} 0 {did} 1\n" for qid, dids in qrels.items() for did in sorted(dids)]
     return atomic_write_text(path, "".join(lines))
