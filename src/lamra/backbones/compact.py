@@ -190,6 +190,41 @@ class CompactBackbone(Backbone):
             inputs["image_features"] = self.feature_cache.get_many(self.hf_model, images)
         return inputs
 
+    @torch.no_grad()
+    def last_hidden_with_shared_prefix(self, conversations: list[Messages], chunk_size: int = 16) -> torch.Tensor:
+        """The last-token hidden state of each conversation (generation prompt added), with the
+        tokens every conversation shares at its start run once: their key/value cache serves each
+        chunk of the rest. Equal to running every conversation whole (the positions continue from
+        the prefix), and faster when the prefix is long, as a query is before its candidates."""
+        import copy
+
+        inputs = self.build_inputs(conversations, add_generation_prompt=True, padding_side="right")
+        ids, mask = inputs["input_ids"].to(self.device), inputs["attention_mask"].to(self.device)
+        lengths = mask.sum(dim=1)
+        differs = (ids != ids[:1]).any(dim=0) | (mask == 0).any(dim=0)
+        shared = int(differs.int().argmax()) if bool(differs.any()) else ids.shape[1]
+        shared = min(shared, int(lengths.min()) - 1)  # every row keeps at least its last token
+        features = inputs.get("image_features")
+        embeds = self.hf_model.embed_inputs(ids, image_features=None if features is None else features.to(self.device))
+        decoder = self.hf_model.language_model.model
+        prefix = decoder(inputs_embeds=embeds[:1, :shared], attention_mask=mask[:1, :shared],
+                         position_ids=torch.arange(shared, device=self.device)[None], use_cache=True)
+        last = []
+        for start in range(0, ids.shape[0], chunk_size):
+            rows = slice(start, start + chunk_size)
+            count = int(ids[rows].shape[0])
+            cache = copy.deepcopy(prefix.cache)
+            cache.batch_repeat_interleave(count)
+            width = ids.shape[1] - shared
+            hidden = decoder(
+                inputs_embeds=embeds[rows, shared:],
+                attention_mask=mask[rows],
+                position_ids=(shared + torch.arange(width, device=self.device))[None].expand(count, -1),
+                cache=cache, use_cache=True,
+            ).last_hidden_state
+            last.append(hidden[torch.arange(count, device=self.device), lengths[rows] - 1 - shared])
+        return torch.cat(last)
+
     def hidden_states(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         inputs = {k: v.to(self.device) for k, v in inputs.items()}
         return self.hf_model.last_hidden_state(**inputs)

@@ -1,0 +1,63 @@
+"""Reranking cost per query with the shipped compact LamRA-Rank (the paper's Table 8, in seconds).
+
+Pointwise over the top 10 and top 50, each with the per-candidate prompts and with the shared prefix
+(the query part run once, its key/value cache reused); listwise over the top 5. Candidates are the
+demo collection's images, repeated to 50. Each row is the median of --repeats runs in this process,
+with its ratio to per-candidate pointwise at the same K and the largest score difference from it.
+Retrieval quality is not measured here (results/ holds that); the shared prefix changes no score.
+
+    .venv/bin/python benchmarks/rerank.py [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np
+
+from lamra import LamRA
+from lamra.demo import DEMO_DIR, load_collection
+from lamra.items import to_segments
+
+
+def timed(repeats: int, fn):
+    times, result = [], None
+    for _ in range(repeats):
+        began = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - began)
+    return statistics.median(times), result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+
+    model = LamRA.from_pretrained()
+    images = [to_segments(DEMO_DIR / record["img_path"]) for record in load_collection()]
+    pool = (images * 4)[:50]
+    query = to_segments("a cheesy slice of Italian food")
+    reranker = model.reranker
+    reranker.pointwise(query, pool[:2])  # warm-up: vision features cached, kernels loaded
+
+    print(f"shipped compact LamRA-Rank, precision {reranker.precision}, median of {args.repeats}\n")
+    print("| method | K | s / query | ratio to per-candidate | max score difference |")
+    print("|---|---:|---:|---:|---:|")
+    for k in (10, 50):
+        base, whole = timed(args.repeats, lambda: reranker.pointwise(query, pool[:k], shared_prefix=False))
+        fast, shared = timed(args.repeats, lambda: reranker.pointwise(query, pool[:k], shared_prefix=True))
+        print(f"| pointwise, per candidate | {k} | {base:.2f} | 1.00x | 0 |")
+        print(f"| pointwise, shared prefix | {k} | {fast:.2f} | {base / fast:.2f}x faster | "
+              f"{float(np.abs(shared - whole).max()):.1e} |")
+    listwise, _ = timed(args.repeats, lambda: reranker.listwise(query, pool[:5], window=5))
+    print(f"| listwise | 5 | {listwise:.2f} | | |")
+
+
+if __name__ == "__main__":
+    main()
