@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import os
 import uuid
@@ -196,8 +197,6 @@ class CompactBackbone(Backbone):
         tokens every conversation shares at its start run once: their key/value cache serves each
         chunk of the rest. Equal to running every conversation whole (the positions continue from
         the prefix), and faster when the prefix is long, as a query is before its candidates."""
-        import copy
-
         inputs = self.build_inputs(conversations, add_generation_prompt=True, padding_side="right")
         ids, mask = inputs["input_ids"].to(self.device), inputs["attention_mask"].to(self.device)
         lengths = mask.sum(dim=1)
