@@ -104,6 +104,7 @@ def test_pointwise_score_is_softmax_of_yes_no_logits(compact_backbone, reranker,
 
 def test_shared_prefix_scores_equal_the_per_candidate_run(reranker, images):
     candidates = [[images[1]], ["a blue circle"], [images[0], "noise"], ["a much longer candidate text " * 6], ["x"]]
+    images_only = [[images[0]], [images[1]], [images[0].rotate(90)]]  # same placeholder ids, other pixels
     for query in (["a red square"], [images[0]], [images[1], "the same shape"]):
         whole = reranker.pointwise(query, candidates, batch_size=2, shared_prefix=False)
         shared = reranker.pointwise(query, candidates, batch_size=2, shared_prefix=True)  # 3 chunks
@@ -111,6 +112,9 @@ def test_shared_prefix_scores_equal_the_per_candidate_run(reranker, images):
         assert np.ptp(whole) > 1e-3  # the candidates really score differently
         single = reranker.pointwise(query, candidates[:1], shared_prefix=True)  # the prefix is all but one token
         np.testing.assert_allclose(single, whole[:1], atol=1e-4)
+        whole = reranker.pointwise(query, images_only, shared_prefix=False)
+        np.testing.assert_allclose(reranker.pointwise(query, images_only, shared_prefix=True), whole, atol=1e-4)
+        assert np.ptp(whole) > 1e-4
 
 
 def test_listwise_scores_are_softmax_over_serial_numbers(compact_backbone, reranker):

@@ -67,7 +67,14 @@ class Reranker:
         )
         with autocast_for(backbone.device, self.precision):
             hidden = backbone.hidden_states(inputs)[:, -1]  # left padding: the last token is real
-            return backbone.logits_at(hidden).float()
+        return self._logits(hidden)
+
+    def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Next-token logits with the lm_head in fp32, outside autocast: bf16 logits of a size near
+        20 move in steps of 0.125, which rounds P(Yes) to a few values and ties most candidates."""
+        head = self.backbone.output_embeddings()
+        return torch.nn.functional.linear(hidden.float(), head.weight.float(),
+                                          None if head.bias is None else head.bias.float())
 
     @torch.no_grad()
     def pointwise(
@@ -86,7 +93,7 @@ class Reranker:
         if shared_prefix:
             with autocast_for(self.backbone.device, self.precision):
                 hidden = self.backbone.last_hidden_with_shared_prefix(conversations, chunk_size=batch_size)
-                logits = self.backbone.logits_at(hidden).float()
+            logits = self._logits(hidden)
         else:
             logits = torch.cat([self._next_token_logits(conversations[start : start + batch_size])
                                 for start in range(0, len(conversations), batch_size)])

@@ -200,11 +200,12 @@ class CompactBackbone(Backbone):
         inputs = self.build_inputs(conversations, add_generation_prompt=True, padding_side="right")
         ids, mask = inputs["input_ids"].to(self.device), inputs["attention_mask"].to(self.device)
         lengths = mask.sum(dim=1)
-        differs = (ids != ids[:1]).any(dim=0) | (mask == 0).any(dim=0)
-        shared = int(differs.int().argmax()) if bool(differs.any()) else ids.shape[1]
-        shared = min(shared, int(lengths.min()) - 1)  # every row keeps at least its last token
         features = inputs.get("image_features")
         embeds = self.hf_model.embed_inputs(ids, image_features=None if features is None else features.to(self.device))
+        # Compared on embeddings, not ids: different images share their placeholder ids.
+        differs = (embeds != embeds[:1]).any(dim=-1).any(dim=0) | (mask == 0).any(dim=0)
+        shared = int(differs.int().argmax()) if bool(differs.any()) else ids.shape[1]
+        shared = min(shared, int(lengths.min()) - 1)  # every row keeps at least its last token
         decoder = self.hf_model.language_model.model
         prefix = decoder(inputs_embeds=embeds[:1, :shared], attention_mask=mask[:1, :shared],
                          position_ids=torch.arange(shared, device=self.device)[None], use_cache=True)
