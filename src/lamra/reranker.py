@@ -40,6 +40,11 @@ def single_token_id(backbone: Backbone, text: str) -> int:
     return ids[0]
 
 
+def check_window(window: int) -> None:
+    if not 1 <= window <= MAX_LISTWISE_WINDOW:
+        raise ValueError(f"listwise window must be 1..{MAX_LISTWISE_WINDOW}, got {window}")
+
+
 class Reranker:
     """Scores (query, candidate) pairs with a backbone trained as LamRA-Rank."""
 
@@ -67,14 +72,7 @@ class Reranker:
         )
         with autocast_for(backbone.device, self.precision):
             hidden = backbone.hidden_states(inputs)[:, -1]  # left padding: the last token is real
-        return self._logits(hidden)
-
-    def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Next-token logits with the lm_head in fp32, outside autocast: bf16 logits of a size near
-        20 move in steps of 0.125, which rounds P(Yes) to a few values and ties most candidates."""
-        head = self.backbone.output_embeddings()
-        return torch.nn.functional.linear(hidden.float(), head.weight.float(),
-                                          None if head.bias is None else head.bias.float())
+        return backbone.logits_at(hidden, fp32=True)  # bf16 logits would tie close P(Yes) scores
 
     @torch.no_grad()
     def pointwise(
@@ -93,7 +91,7 @@ class Reranker:
         if shared_prefix:
             with autocast_for(self.backbone.device, self.precision):
                 hidden = self.backbone.last_hidden_with_shared_prefix(conversations, chunk_size=batch_size)
-            logits = self._logits(hidden)
+            logits = self.backbone.logits_at(hidden, fp32=True)
         else:
             logits = torch.cat([self._next_token_logits(conversations[start : start + batch_size])
                                 for start in range(0, len(conversations), batch_size)])
@@ -102,8 +100,7 @@ class Reranker:
 
     def listwise(self, query: list[Segment], candidates: Sequence[list[Segment]], window: int = 5) -> np.ndarray:
         """Each candidate's probability of being the answer within its window of ``window``."""
-        if not 1 <= window <= MAX_LISTWISE_WINDOW:
-            raise ValueError(f"listwise window must be 1..{MAX_LISTWISE_WINDOW}, got {window}")
+        check_window(window)
         query = self._cut(query)
         scores = []
         for start in range(0, len(candidates), window):
@@ -131,8 +128,7 @@ class Reranker:
     def listwise_parity(self, query: list[Segment], candidates: Sequence[list[Segment]], window: int = 5) -> np.ndarray:
         """1 for the candidate a window's greedy answer names exactly (``Ans: (k)``), else 0; a window
         whose answer names none keeps all 0 (fused with retrieval scores, its order stays)."""
-        if not 1 <= window <= MAX_LISTWISE_WINDOW:
-            raise ValueError(f"listwise window must be 1..{MAX_LISTWISE_WINDOW}, got {window}")
+        check_window(window)
         scores = np.zeros(len(candidates), np.float32)
         for start in range(0, len(candidates), window):
             chunk = candidates[start : start + window]

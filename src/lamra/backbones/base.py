@@ -160,8 +160,15 @@ class Backbone(ABC):
         """The lm_head: maps hidden states to next-token logits."""
         return self.hf_model.get_output_embeddings()
 
-    def logits_at(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.output_embeddings()(hidden)
+    def logits_at(self, hidden: torch.Tensor, fp32: bool = False) -> torch.Tensor:
+        """Next-token logits. ``fp32``: the lm_head in float32 whatever the weights' dtype or any
+        autocast (bf16 logits near 20 move in steps of 0.125, enough to tie close scores)."""
+        head = self.output_embeddings()
+        if not fp32:
+            return head(hidden)
+        bias = None if head.bias is None else head.bias.float()
+        with torch.autocast(hidden.device.type, enabled=False):
+            return torch.nn.functional.linear(hidden.float(), head.weight.float(), bias)
 
     @property
     @abstractmethod
