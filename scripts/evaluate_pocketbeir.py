@@ -15,8 +15,6 @@ missing. Reranking is not on these pages.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import sys
 import time
@@ -26,6 +24,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from lamra.assets import lamra_home
+from lamra.checkpoints import role_digest
 from lamra.evaluate.runner import evaluate_mbeir, load_results, write_report
 from lamra.evaluate.tables import results_page, write_markdown
 
@@ -50,20 +49,6 @@ def data_root() -> Path:
     return lamra_home() / "pocketbeir"
 
 
-def weights_digest(checkpoint: str) -> str:
-    """Of every file that changes what the model computes (lamra.json without its provenance)."""
-    digest = hashlib.sha256()
-    for path in sorted(Path(checkpoint).rglob("*")):
-        if path.is_file():
-            data = path.read_bytes()
-            if path.name == "lamra.json":
-                config = json.loads(data)
-                config.pop("trained_on", None)
-                data = (json.dumps(config, indent=2) + "\n").encode()  # as write_light_config writes it
-            digest.update(path.name.encode() + data)
-    return digest.hexdigest()[:12]
-
-
 def load_encoder(key: str):
     name = METHOD_KEYS[key]
     if key == "minilm":
@@ -78,7 +63,7 @@ def load_encoder(key: str):
 
     model = LamRA.from_pretrained(CHECKPOINTS[name])
     model.backbone.persist_features()
-    model.name = f"{name}@{weights_digest(CHECKPOINTS[name])}"  # keys its cached indexes
+    model.name = f"{name}@{role_digest(CHECKPOINTS[name])}"  # keys its cached indexes
     return model
 
 

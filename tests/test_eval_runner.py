@@ -266,3 +266,32 @@ def test_model_reranker_returns_scores_in_candidate_order():
     rerank = model_reranker(model, "/data", mode="listwise", window=3)
     scores = rerank({"txt": "q"}, [{"txt": "a"}, {"txt": "b"}, {"txt": "c"}], np.array([0.9, 0.8, 0.7]))
     assert scores.tolist() == [0.2, 0.9, 0.5] and model.seen[1:] == ("listwise", 3, "/data")
+
+
+def test_queries_per_task_is_a_seeded_sample_in_file_order(toy_root):
+    from lamra.data.mbeir import MBEIRDataset
+    from lamra.evaluate.runner import sample_queries
+
+    queries = list(MBEIRDataset(toy_root).queries("test", "toyname", 0))
+    picked = sample_queries(queries, 2, "0:toyname_task0")
+    assert len(picked) == 2 and picked == [q for q in queries if q in picked]
+    assert picked == sample_queries(queries, 2, "0:toyname_task0")
+    assert sample_queries(queries, len(queries) + 5, "any") == queries
+    with pytest.raises(ValueError, match="at least 1"):
+        sample_queries(queries, 0, "any")
+    report = evaluate_mbeir(HashingEncoder(), toy_root, tasks=["toyname"], queries_per_task=2, show_progress=False)
+    assert report.results[0].metrics["queries"] == 2 and report.settings["queries_per_task"] == 2
+
+
+def test_sweep_can_choose_on_another_metric(toy_root):
+    def prefer_second(query, candidates, scores):  # lifts the retrieval's second hit to the top
+        return [1.0 if i == 1 else 0.0 for i in range(len(candidates))]
+
+    report = evaluate_mbeir(HashingEncoder(), toy_root, split="val", tasks=["toyname"], show_progress=False,
+                            rerankers=[RerankMethod("second", prefer_second, top_k=5)], queries_per_task=3)
+    by_r1 = sweep_rerank_weights(report, "second", metric="R@1")
+    retrieval = report.result("model", "local", "toyname_task0").metrics
+    reranked = report.result("second", "local", "toyname_task0").metrics
+    table = by_r1.table["toyname_task0"]
+    assert table[0.0] == retrieval["R@1"] and table[1.0] == reranked["R@1"]  # R@1, not the headline R@5
+    assert table[1.0] != retrieval["R@1"]  # the rerank moved R@1, so the check can tell metrics apart

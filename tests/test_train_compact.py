@@ -34,7 +34,7 @@ def chain(tmp_path_factory):
     out["stage1"] = run_stage(r1, show_progress=False)
     out["merged1"] = merge(r1)
     r2 = load_recipe("smoke-stage2", overrides(data, runs, "stage2", **SMALL, max_steps=2, init_from=str(out["merged1"])))
-    out["stage2"] = run_stage(r2, show_progress=False)
+    out["stage2"], out["stage2_recipe"] = run_stage(r2, show_progress=False), r2
     mined = runs / "mined_top10.jsonl"
     out["mined"] = mine(load_retriever(out["stage2"].final_dir), MBEIRTrainData.from_recipe(r2), mined, top_k=10,
                         show_progress=False)
@@ -102,3 +102,51 @@ def test_trained_models_load_and_run(chain, images):
 def test_mined_lines(chain):
     records = [json.loads(line) for line in chain["mined"].read_text().splitlines()]
     assert records and all(len(r["top_docs"]) == 10 for r in records)
+
+
+def test_mining_reuses_a_matching_index_and_refuses_another_models(chain, tmp_path):
+    from lamra.index import VectorIndex
+    from lamra.retriever import Retriever
+    from lamra.train.mining import _cand_item, mine, mining_pool
+    from lamra.train.stages import load_retriever
+    from lamra.train.stages.mbeir_data import MBEIRTrainData
+
+    data = MBEIRTrainData.from_recipe(chain["stage2_recipe"])
+    dids = mining_pool(data, data.queries, None)
+
+    def index_of(checkpoint, directory):
+        vectors = Retriever(load_retriever(checkpoint), precision="fp32").encode(
+            [_cand_item(data, did) for did in dids], image_root=data.image_root, role="document")
+        VectorIndex.from_vectors(vectors, dids, model_name=str(checkpoint)).save(directory)
+        return directory
+
+    retriever = load_retriever(chain["stage2"].final_dir)
+    reused = mine(retriever, data, tmp_path / "reused.jsonl", top_k=10, show_progress=False, precision="fp32",
+                  pool_index=index_of(chain["stage2"].final_dir, tmp_path / "own"))
+    fresh = mine(retriever, data, tmp_path / "fresh.jsonl", top_k=10, show_progress=False, precision="fp32")
+    top = [[json.loads(line)["top_docs"] for line in path.read_text().splitlines()] for path in (reused, fresh)]
+    assert top[0] == top[1]
+    with pytest.raises(ValueError, match="not built with this retriever"):
+        mine(retriever, data, tmp_path / "other.jsonl", top_k=10, show_progress=False,
+             pool_index=index_of(chain["stage0"].final_dir, tmp_path / "stage0"))
+
+
+def test_role_digest_keys_each_role_by_its_own_files(chain, tmp_path):
+    import shutil
+
+    from lamra.checkpoints import role_digest
+    from lamra.train.package import package_compact
+
+    packaged = package_compact(chain["stage2"].final_dir, chain["rank"].final_dir, tmp_path / "packaged")
+    before = {role: role_digest(packaged, role) for role in ("retrieval", "rank")}
+    assert before["retrieval"] != before["rank"]
+    moved = tmp_path / "moved"
+    shutil.copytree(packaged, moved)  # where it lies and where it was trained do not count
+    config = read_light_config(moved)
+    config["trained_on"] = {}
+    (moved / "lamra.json").write_text(json.dumps(config))
+    assert {role: role_digest(moved, role) for role in before} == before
+    adapter = next((moved / config["rank_adapter"]).glob("*.safetensors"))
+    adapter.write_bytes(adapter.read_bytes()[:-1] + b"\x00")  # another reranker
+    assert role_digest(moved, "retrieval") == before["retrieval"]
+    assert role_digest(moved, "rank") != before["rank"]

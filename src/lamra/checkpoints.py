@@ -17,6 +17,7 @@ model may give each role its own vision settings: ``roles: {"retrieval": {"proje
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -76,14 +77,34 @@ def load_light_compact(
     )
     projector = load_file(path / vision["projector"])
     backbone.hf_model.multi_modal_projector.load_state_dict(projector)
-    if role == "retrieval":
-        adapters = config.get("retrieval_adapters", [])
-    elif role == "rank":
-        adapters = [config["rank_adapter"]] if config.get("rank_adapter") else []
-    for name in adapters:
+    for name in role_adapters(config, role):
         fold_adapter(backbone, path / name)
     backbone.model.to(device=device, dtype=dtype).eval()
     return backbone
+
+
+def role_adapters(config: dict, role: str) -> list[str]:
+    """The adapter folders one role folds in, in order."""
+    if role == "retrieval":
+        return list(config.get("retrieval_adapters", []))
+    return [config["rank_adapter"]] if config.get("rank_adapter") else []
+
+
+def role_digest(path: str | os.PathLike, role: str = "retrieval") -> str:
+    """12 hex digits of everything one role of a light checkpoint computes with: its visual-token
+    layout, projector and adapters, and nothing else (not where it was trained, not the other
+    role's files). Keys caches of that role's outputs, such as an evaluation's pool indexes, so a
+    new reranker in the package leaves the retrieval's caches valid."""
+    path = Path(path)
+    config = read_light_config(path)
+    vision = role_vision(config, role)
+    adapters = role_adapters(config, role)
+    layout = {"image_grid": config["image_grid"], "global_image_token": vision["global_image_token"]}
+    digest = hashlib.sha256(json.dumps(layout, sort_keys=True).encode())
+    files = [path / vision["projector"]] + [f for name in adapters for f in sorted((path / name).rglob("*")) if f.is_file()]
+    for file in files:
+        digest.update(file.relative_to(path).as_posix().encode() + b"\0" + file.read_bytes())
+    return digest.hexdigest()[:12]
 
 
 def role_vision(config: dict, role: str) -> dict:

@@ -399,12 +399,15 @@ def evaluate_mbeir(
     run_depth: int = 50,
     index_dir: str | Path | None = None,
     nlist: int | None = None,
+    queries_per_task: int | None = None,
     show_progress: bool = True,
 ) -> EvaluationReport:
     """Evaluate an encoder (and rerankers) on an M-BEIR-format directory; see the module docstring.
 
     ``method`` names the retrieval row of the tables; each reranker adds a row named by its ``name``.
     ``model_name`` keys the index cache under ``index_dir`` (default: ``encoder.name`` or the class).
+    ``queries_per_task``: a sample of that many queries per task (seeded by ``seed``; for choosing
+    fusion weights on val within a budget), in file order; None evaluates every query.
     """
     data = MBEIRDataset(data_root, instructions_path)
     if index_dir is not None and not (model_name or getattr(encoder, "name", None)):
@@ -418,8 +421,11 @@ def evaluate_mbeir(
                        nlist=nlist, show_progress=show_progress)
     results = []
     for task in list_tasks(data, split, tasks):
-        queries = list(data.queries(split, task.dataset, task.task_id))
+        queries = sample_queries(list(data.queries(split, task.dataset, task.task_id)), queries_per_task,
+                                 f"{seed}:{task.key}")
         qrels = data.qrels(split, task.dataset, task.task_id)
+        if queries_per_task is not None:  # a sample is scored over its own queries only
+            qrels = {q.qid: qrels[q.qid] for q in queries if q.qid in qrels}
         local = cache.candidates(cache.pool_path("local", task, split))
         instructions = [pick_instruction(data, q, positive_modality(q, local, task), choice=instruction_choice,
                                          seed=seed) for q in queries]
@@ -430,9 +436,20 @@ def evaluate_mbeir(
     settings = {"pools": list(pools), "instruction_choice": instruction_choice,
                 "instructions": str(data.instructions_path), "seed": seed,
                 "run_depth": run_depth, "index": "flat" if nlist is None else f"ivf{nlist}",
+                "queries_per_task": queries_per_task,
                 "rerankers": {r.name: {"top_k": r.top_k, "weights": dict(r.weights),
                                        "default_weight": r.default_weight} for r in rerankers}}
     return EvaluationReport(split, str(data.root), model_name, settings, results)
+
+
+def sample_queries(queries: list[MBEIRQuery], count: int | None, seed: str) -> list[MBEIRQuery]:
+    """``count`` of ``queries`` drawn with ``seed``, in their original order (all when count is None)."""
+    if count is None or count >= len(queries):
+        return queries
+    if count < 1:
+        raise ValueError(f"queries_per_task must be at least 1, got {count}")
+    keep = set(random.Random(seed).sample(range(len(queries)), count))
+    return [query for i, query in enumerate(queries) if i in keep]
 
 
 def _evaluate_task_pool(encoder, cache: _PoolCache, data: MBEIRDataset, task: EvalTask, pool: str, split: str,
@@ -533,17 +550,19 @@ class WeightSweep:
 
 
 def sweep_rerank_weights(report: EvaluationReport, reranker: str, *, pool: str = "local",
-                         grid: Sequence[float] = DEFAULT_WEIGHT_GRID) -> WeightSweep:
-    """For each task, the w of ``grid`` with the best headline metric (R@5; R@10 fashion) on the
-    report's split; ties go to the w nearest the default 1.0. Refuses a test-split report."""
+                         grid: Sequence[float] = DEFAULT_WEIGHT_GRID, metric: str | None = None) -> WeightSweep:
+    """For each task, the w of ``grid`` with the best ``metric`` (default: the headline metric, R@5;
+    R@10 fashion) on the report's split; ties go to the w nearest the default 1.0. Refuses a
+    test-split report. Listwise over the top 5 cannot move R@5: choose its w on R@1."""
     if report.split == "test":
         raise ValueError("fusion weights are chosen on val, never on test: evaluate split='val' first")
     best, table = {}, {}
     for result in report.results:
         if result.method != reranker or result.pool != pool or result.skipped:
             continue
-        qrels = MBEIRDataset(report.data_root).qrels(report.split, result.task.dataset, result.task.task_id)
-        headline = headline_metric_for(result.task.dataset)
+        judged = MBEIRDataset(report.data_root).qrels(report.split, result.task.dataset, result.task.task_id)
+        qrels = {qid: judged[qid] for qid in result.retrieved}  # the report's queries (all, or its sample)
+        headline = metric or headline_metric_for(result.task.dataset)
         table[result.task.key] = {
             w: _score({qid: reranked_run(r, reranker, w) for qid, r in result.retrieved.items()}, qrels, result.task)[headline]
             for w in grid

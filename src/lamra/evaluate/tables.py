@@ -73,7 +73,7 @@ def _lookup(results: Iterable[Result], pool: str) -> dict[tuple[str, str], Resul
     return {(r["method"], r["task"]): r for r in results if r["pool"] == pool}
 
 
-def _markdown(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join([":---"] + ["---:"] * (len(header) - 1)) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines) + "\n"
@@ -96,7 +96,7 @@ def retrieval_table(results: Sequence[Result], pool: str, methods: Sequence[str]
             values.append(metrics[column["headline"]] if metrics else None)
         average = None if None in values else sum(values) / len(values)
         rows.append([method] + [_cell(v, scale) for v in values] + [_cell(average, scale)])
-    return _markdown(["Method"] + [column_title(c) for c in columns] + ["Avg"], rows)
+    return markdown_table(["Method"] + [column_title(c) for c in columns] + ["Avg"], rows)
 
 
 def headline_legend(results: Sequence[Result]) -> str:
@@ -131,7 +131,7 @@ def rerank_speed_table(results: Sequence[Result], pool: str, methods: Sequence[s
         average = None if None in values or not present else sum(present) / len(present)
         rows.append([method] + [_cell(v, scale) for v in values] + [_cell(average, scale),
                      f"{seconds / queries:.3f}" if queries else MISSING])
-    return _markdown(["Method"] + [column_title(c) for c in columns] + ["Avg R@1", "s/query"], rows)
+    return markdown_table(["Method"] + [column_title(c) for c in columns] + ["Avg R@1", "s/query"], rows)
 
 
 def _metric_names(results: Iterable[Result], task: str) -> set[str]:

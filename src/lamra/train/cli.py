@@ -120,6 +120,10 @@ def mine(
     out: Annotated[Optional[Path], typer.Option(help="Output JSONL (default: the recipe's rerank_data).")] = None,
     top_k: Annotated[Optional[int], typer.Option(help="Candidates per query (default: mining_top_k).")] = None,
     batch_size: int = 16,
+    pool_index: Annotated[
+        Optional[Path],
+        typer.Option(help="A `lamra index` directory of the same pool built with this retriever: reused, not re-encoded."),
+    ] = None,
     set: SetOption = None,
     quiet: QuietOption = False,
 ) -> None:
@@ -138,7 +142,7 @@ def mine(
         backbone = load_retriever(source, base=loaded.model)
         path = run_mining(backbone, data, target, top_k=top_k or loaded.mining_top_k, batch_size=batch_size,
                           precision="bf16" if loaded.bf16 else "fp32", show_progress=not quiet,
-                          pool_size=loaded.mining_pool_size)
+                          pool_size=loaded.mining_pool_size, pool_index=pool_index)
     except (StageSetupError, FileNotFoundError, ValueError) as error:
         _fail(error)
         return

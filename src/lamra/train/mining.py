@@ -13,6 +13,10 @@ Resumable: lines go to ``{out}.partial`` as they are done (flushed per chunk); a
 already there (a torn last line is dropped) and reuses the pool embeddings saved in
 ``{out}.pool.pt``; when every query is done the file is renamed to ``out`` (atomic) and the pool
 file removed.
+
+``pool_index``: a ``lamra index`` directory of the same pool built with the same retriever (the
+evaluation's cached global pool, say) is reused instead of encoding the pool again. Its ids must be
+the pool's, and a few candidates are encoded afresh to check that its vectors are this retriever's.
 """
 
 from __future__ import annotations
@@ -27,11 +31,14 @@ import torch
 from tqdm.auto import tqdm
 
 from lamra.backbones.base import Backbone
+from lamra.index import VectorIndex
 from lamra.prompts import format_mbeir_text
 from lamra.retriever import Retriever
 from lamra.train.stages.mbeir_data import MBEIRTrainData
 
 QUERY_CHUNK = 64
+INDEX_CHECK_ITEMS = 8  # candidates re-encoded to check that a reused index is this retriever's
+INDEX_CHECK_COSINE = 0.99  # bf16 autocast in another batch moves a vector by far less than this
 
 
 def _done_qids(partial: Path) -> set[str]:
@@ -65,6 +72,7 @@ def mine(
     show_progress: bool = True,
     max_queries: int | None = None,
     pool_size: int | None = None,
+    pool_index: str | os.PathLike | None = None,
 ) -> Path:
     """Write the mined file ``out`` (see the module doc); returns its path.
 
@@ -80,7 +88,9 @@ def mine(
     key = _pool_key(dids)
 
     pool_vectors = None
-    if pool_file.is_file():
+    if pool_index is not None:
+        pool_vectors = _vectors_from_index(pool_index, dids, data, retriever, batch_size)
+    elif pool_file.is_file():
         saved = torch.load(pool_file, weights_only=True)
         if saved.get("key") == key:
             pool_vectors = saved["vectors"]
@@ -119,6 +129,26 @@ def mine(
     os.replace(partial, out)
     pool_file.unlink(missing_ok=True)
     return out
+
+
+def _vectors_from_index(directory, dids: list[str], data: MBEIRTrainData, retriever: Retriever,
+                        batch_size: int) -> torch.Tensor:
+    """The pool's vectors, in ``dids`` order, from a saved index checked against ``retriever``."""
+    index = VectorIndex.load(directory)
+    row_of = {did: row for row, did in enumerate(index.ids)}
+    missing = [did for did in dids if did not in row_of]
+    if missing:
+        raise ValueError(f"index {str(directory)!r} lacks {len(missing)} of the pool's candidates "
+                         f"(first: {missing[0]!r}); build it from the same pool file")
+    vectors = torch.from_numpy(index.vectors[[row_of[did] for did in dids]].copy())
+    check = random.Random(f"{data.seed}:index-check").sample(range(len(dids)), min(INDEX_CHECK_ITEMS, len(dids)))
+    fresh = retriever.encode([_cand_item(data, dids[i]) for i in check], batch_size=batch_size,
+                             image_root=data.image_root, convert_to_numpy=False, role="document")
+    cosines = (fresh.float() * vectors[check]).sum(dim=1)
+    if cosines.min() < INDEX_CHECK_COSINE:
+        raise ValueError(f"index {str(directory)!r} (model {index.model_name!r}) was not built with this "
+                         f"retriever: re-encoded candidates have cosine {cosines.min():.3f} with its vectors")
+    return vectors
 
 
 def mining_pool(data: MBEIRTrainData, queries, pool_size: int | None) -> list[str]:

@@ -1,0 +1,194 @@
+"""LamRA-Ret + LamRA-Rank on PocketBEIR: fusion weights per task chosen on val, then the full test split.
+
+    .venv/bin/python scripts/evaluate_rerank.py all [--reranker DIR]   # val, test, then the page
+    .venv/bin/python scripts/evaluate_rerank.py val|test|page [--reranker DIR]
+
+Retrieval is the shipped LamRA-Ret (its pool indexes are reused from runs/eval-index, which
+scripts/evaluate_pocketbeir.py fills). Reranking is the shipped LamRA-Rank, or ``--reranker``: a
+rank run's ``final/`` (to measure it before packaging). Two rerankers, as in the paper's Table 8:
+
+- pointwise over the top 10: P(Yes) of each (query, candidate);
+- listwise over the top 5 in one window: the probability of each candidate's number.
+
+Fusion is the official ``retrieval + w * rerank``. Each task's w is chosen on val from the grid
+below (pointwise on the task's headline R@5; listwise on R@1, since reordering the top 5 cannot move
+R@5), over a seeded sample of ``VAL_QUERIES`` val queries per task; the test split then runs once
+with those weights: all 3,980 queries, local pools. Work is kept per (split, task) under
+runs/rerank-eval/<reranker digest>/, so a rerun computes only what is missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from lamra.assets import lamra_home
+from lamra.checkpoints import role_digest
+from lamra.evaluate.runner import (
+    DEFAULT_WEIGHT_GRID,
+    RerankMethod,
+    evaluate_mbeir,
+    list_tasks,
+    load_results,
+    model_reranker,
+    sweep_rerank_weights,
+    write_report,
+)
+from lamra.evaluate.tables import column_title, markdown_table, results_page, task_columns, write_markdown
+from lamra.data.mbeir import MBEIRDataset
+
+COMMAND = ".venv/bin/python scripts/evaluate_rerank.py all"
+RETRIEVER = "src/lamra/weights/compact"  # the shipped package
+INDEX_DIR = Path("runs/eval-index")
+OUT = Path("runs/rerank-eval")
+PAGE = Path("results/rerank.md")
+VAL_QUERIES = 100  # per task (the smallest val tasks have 88 and 98: all of them)
+RETRIEVAL = "LamRA-Ret"
+POINTWISE = "+ pointwise rerank (top 10)"
+LISTWISE = "+ listwise rerank (top 5)"
+SWEEP_METRIC = {POINTWISE: None, LISTWISE: "R@1"}  # None: the task's headline metric
+
+
+def data_root() -> Path:
+    return lamra_home() / "pocketbeir"
+
+
+def load_model(reranker: str | None):
+    from lamra import LamRA
+
+    model = LamRA.from_pretrained(RETRIEVER, reranker=reranker)
+    if model.reranker is None:
+        raise SystemExit(f"{RETRIEVER} has no reranker: give --reranker DIR")
+    for backbone in (model.backbone, model.reranker.backbone):
+        if hasattr(backbone, "persist_features"):
+            backbone.persist_features()
+    model.name = f"{RETRIEVAL}@{role_digest(RETRIEVER)}"  # the key of its cached pool indexes
+    return model
+
+
+def rerankers(model, weights: dict[str, dict[str, float]] | None = None) -> list[RerankMethod]:
+    weights = weights or {}
+    root = data_root()
+    return [RerankMethod(POINTWISE, model_reranker(model, root, mode="pointwise"), 10, weights.get(POINTWISE, {})),
+            RerankMethod(LISTWISE, model_reranker(model, root, mode="listwise", window=5), 5, weights.get(LISTWISE, {}))]
+
+
+def out_dir(reranker: str | None) -> Path:
+    return OUT / f"rank-{role_digest(reranker or RETRIEVER, 'rank')}"
+
+
+def evaluate_task(model, task, split: str, methods: list[RerankMethod], **options):
+    return evaluate_mbeir(model, data_root(), method=RETRIEVAL, split=split, pools=("local",), tasks=[task.key],
+                          rerankers=methods, index_dir=INDEX_DIR, show_progress=True, **options)
+
+
+def run_val(reranker: str | None, model=None):
+    """Per task: retrieval + both rerankers on the val sample, and the weight sweep -> val/<task>.json."""
+    target = out_dir(reranker) / "val"
+    for task in list_tasks(MBEIRDataset(data_root()), "val"):
+        path = target / f"{task.key}.json"
+        if path.is_file():
+            continue
+        model = model or load_model(reranker)
+        start = time.perf_counter()
+        report = evaluate_task(model, task, "val", rerankers(model), queries_per_task=VAL_QUERIES)
+        record = {"queries": report.results[0].metrics["queries"],
+                  "retrieval": report.result(RETRIEVAL, "local", task.key).metrics, "sweeps": {}}
+        for name, metric in SWEEP_METRIC.items():
+            sweep = sweep_rerank_weights(report, name, metric=metric)
+            record["sweeps"][name] = {"metric": metric or "headline", "best": sweep.best[task.key],
+                                      "table": {str(w): v for w, v in sweep.table[task.key].items()}}
+        target.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(record, indent=2) + "\n")
+        print(f"val {task.key}: {time.perf_counter() - start:.0f} s, weights "
+              f"{ {n: s['best'] for n, s in record['sweeps'].items()} }")
+    return model
+
+
+def val_weights(reranker: str | None) -> dict[str, dict[str, float]]:
+    weights: dict[str, dict[str, float]] = {name: {} for name in SWEEP_METRIC}
+    for path in sorted((out_dir(reranker) / "val").glob("*.json")):
+        for name, sweep in json.loads(path.read_text())["sweeps"].items():
+            weights[name][path.stem] = sweep["best"]
+    return weights
+
+
+def run_test(reranker: str | None, model=None):
+    """Per task: the full test queries with the val-chosen weights -> test/<task>/results.json."""
+    weights = val_weights(reranker)
+    for task in list_tasks(MBEIRDataset(data_root()), "test"):
+        target = out_dir(reranker) / "test" / task.key
+        if (target / "results.json").is_file():
+            continue
+        if task.key not in weights[POINTWISE]:
+            raise SystemExit(f"no val weights for {task.key}: run `val` first")
+        model = model or load_model(reranker)
+        start = time.perf_counter()
+        write_report(evaluate_task(model, task, "test", rerankers(model, weights)), target, command=COMMAND)
+        print(f"test {task.key}: {time.perf_counter() - start:.0f} s -> {target}")
+    return model
+
+
+def write_page(reranker: str | None) -> None:
+    base = out_dir(reranker)
+    results = [r for path in sorted((base / "test").glob("*/results.json")) for r in load_results(path)["results"]]
+    if not results:
+        raise SystemExit(f"no test results under {base}: run `test` first")
+    source = reranker or f"{RETRIEVER} (shipped)"
+    notes = (f"Full PocketBEIR test split (all 3,980 queries), local pools; compact LMM, bf16 autocast, 2 CPU "
+             f"cores. Reranker: `{source}`. Fusion `retrieval + w * rerank`, w per task chosen on val "
+             f"({VAL_QUERIES} seeded val queries per task; all of the smaller ones) from the grid "
+             f"{list(DEFAULT_WEIGHT_GRID)}: pointwise on R@5, listwise on R@1 (reordering the top 5 cannot "
+             "move R@5). w = 0 is retrieval alone.")
+    page = results_page(results, title="LamRA-Ret + LamRA-Rank (PocketBEIR full test split)", pools=("local",),
+                        methods=[RETRIEVAL, POINTWISE, LISTWISE], speed_methods=[RETRIEVAL, POINTWISE, LISTWISE],
+                        notes=notes)
+    write_markdown(PAGE, COMMAND, page + "\n" + val_tables(base / "val", results))
+    print(f"wrote {PAGE}")
+
+
+def val_tables(val_dir: Path, results: list[dict]) -> str:
+    """The weight sweep on val: per reranker, one row per w, one column per task."""
+    columns = task_columns(r for r in results if r["method"] == RETRIEVAL)
+    records = {path.stem: json.loads(path.read_text()) for path in val_dir.glob("*.json")}
+    parts = ["## Choosing w on val\n"]
+    for name in SWEEP_METRIC:
+        header = ["w"] + [column_title(c) for c in columns]
+        rows = []
+        for w in DEFAULT_WEIGHT_GRID:
+            cells = []
+            for column in columns:
+                sweep = records.get(column["task"], {}).get("sweeps", {}).get(name)
+                value = sweep and sweep["table"].get(str(w))
+                mark = "**" if sweep and sweep["best"] == w else ""
+                cells.append(f"{mark}{100 * value:.1f}{mark}" if value is not None else "-")
+            rows.append([str(w)] + cells)
+        metric = SWEEP_METRIC[name] or "R@5"
+        parts.append(f"{name}: val {metric} by w (bold: chosen; queries per task: "
+                     f"{', '.join(str(records[c['task']]['queries']) for c in columns if c['task'] in records)})\n")
+        parts.append(markdown_table(header, rows))
+    return "\n".join(parts)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("step", choices=["all", "val", "test", "page"])
+    parser.add_argument("--reranker", help="a rank run's final/ (default: the shipped package's reranker)")
+    args = parser.parse_args()
+    model = None
+    if args.step in ("all", "val"):
+        model = run_val(args.reranker, model)
+    if args.step in ("all", "test"):
+        model = run_test(args.reranker, model)
+    if args.step in ("all", "page"):
+        write_page(args.reranker)
+
+
+if __name__ == "__main__":
+    main()
