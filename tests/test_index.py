@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import faiss
 import numpy as np
 import pytest
 
@@ -102,14 +103,62 @@ def test_stale_index_is_detected(tmp_path):
         VectorIndex.load(tmp_path / "i")
 
 
-def test_ivf_index_finds_exact_matches(tmp_path):
+@pytest.mark.parametrize("index_type,factory,search", [
+    ("ivf8", "IVF8,Flat", {"nprobe": 8}),
+    ("ivf", "IVF10,Flat", {"nprobe": 8}),  # 4 sqrt(400) = 80 lists, cut to one per 39 vectors
+    ("hnsw", "HNSW32,Flat", {"efSearch": 128}),
+    ("hnsw16", "HNSW16,Flat", {"efSearch": 128}),
+    ("ivfpq", "IVF10,PQ2", {"nprobe": 8}),
+    ("IVF4,Flat", "IVF4,Flat", {}),  # a FAISS factory string, as it is
+])
+def test_index_types_find_exact_matches_and_load_as_saved(tmp_path, index_type, factory, search):
     vectors = random_unit(400, 16, seed=1)
-    index = VectorIndex.from_vectors(vectors, [str(i) for i in range(400)], nlist=8, nprobe=8)
-    assert index.manifest["index_type"] == "ivf"
+    index = VectorIndex.from_vectors(vectors, [str(i) for i in range(400)], index_type=index_type)
+    assert (index.manifest["index_type"], index.manifest["factory"], index.manifest["search"]) == (index_type, factory, search)
+    assert not index.exact
     _, ids = index.search(vectors[:10], k=3)
-    assert [hits[0] for hits in ids] == [str(i) for i in range(10)]
-    index.save(tmp_path / "ivf")
-    assert VectorIndex.load(tmp_path / "ivf").search(vectors[:10], 3)[1] == ids
+    found = sum(hits[0] == str(i) for i, hits in enumerate(ids))
+    assert found >= (7 if "pq" in index_type else 10)  # PQ codes are lossy: most, not all
+    index.save(tmp_path / "saved")
+    loaded = VectorIndex.load(tmp_path / "saved")
+    assert loaded.search(vectors[:10], 3)[1] == ids and loaded.manifest["search"] == search
+
+
+def test_search_parameters_are_kept_and_can_be_changed():
+    vectors = random_unit(2000, 16, seed=2)
+    ids = [str(i) for i in range(2000)]
+    narrow = VectorIndex.from_vectors(vectors, ids, index_type="ivf32", search={"nprobe": 1})
+    exact = VectorIndex.from_vectors(vectors, ids)
+    queries = random_unit(50, 16, seed=3)
+    truth = exact.search(queries, 10)[1]
+
+    def recall(index):
+        return np.mean([len(set(a) & set(b)) / 10 for a, b in zip(index.search(queries, 10)[1], truth)])
+
+    low = recall(narrow)
+    narrow.set_search(nprobe=32)  # every list: exact again
+    assert low < 0.9 and recall(narrow) == 1.0 and narrow.manifest["search"] == {"nprobe": 32}
+    with pytest.raises(ValueError, match="efSearch"):
+        narrow.set_search(efSearch=64)
+
+
+@pytest.mark.parametrize("bad", ["ivf0", "ivf5000", "nonsense", "hnswx"])
+def test_unknown_or_impossible_index_types_are_refused_by_name(bad):
+    with pytest.raises(ValueError, match=bad):
+        VectorIndex.from_vectors(random_unit(100, 16, seed=4), [str(i) for i in range(100)], index_type=bad)
+
+
+def test_an_index_written_before_index_types_had_names_still_loads(tmp_path):
+    vectors = random_unit(400, 16, seed=1)
+    VectorIndex.from_vectors(vectors, [str(i) for i in range(400)], index_type="ivf8", search={"nprobe": 3}).save(tmp_path / "old")
+    manifest_path = live_version(tmp_path / "old") / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    for key in ("factory", "search"):
+        del manifest[key]
+    manifest.update(index_type="ivf", nlist=8, nprobe=3)
+    manifest_path.write_text(json.dumps(manifest))
+    loaded = VectorIndex.load(tmp_path / "old")
+    assert not loaded.exact and faiss.extract_index_ivf(loaded.faiss_index).nprobe == 3
 
 
 def test_killed_encode_resumes_where_it_stopped(tmp_path):

@@ -138,3 +138,39 @@ def test_rerank_fuses_and_sorts(compact_backbone, reranker):
     expected = fuse(np.array(retrieval), rerank, 0.5)
     assert [h.id for h in hits] == list(np.argsort(-expected))
     assert [h.score for h in hits] == pytest.approx(sorted(expected, reverse=True), abs=1e-5)
+
+
+@pytest.mark.parametrize("count,window,stride", [(10, 5, 2), (10, 5, 3), (7, 3, 1), (23, 5, 2), (6, 5, 4), (4, 5, 2)])
+def test_sliding_windows_bring_the_best_to_the_top_in_one_pass(count, window, stride):
+    from lamra.reranker import sliding_window_order
+
+    rng = np.random.default_rng(count * 100 + window * 10 + stride)
+    for _ in range(20):
+        value = rng.permutation(count)  # the oracle: higher is better
+        calls = []
+
+        def by_value(ids):
+            calls.append(list(ids))
+            assert len(ids) == min(window, count)
+            return sorted(ids, key=lambda i: -value[i])
+
+        order = sliding_window_order(count, window, stride, by_value)
+        assert sorted(order) == list(range(count))
+        settled = min(window - stride, count)  # one pass settles the top window - stride
+        assert [value[i] for i in order[:settled]] == sorted(value, reverse=True)[:settled]
+        assert len(calls) == max(0, -(-(count - window) // stride)) + 1
+
+
+def test_sliding_windows_refuse_a_stride_that_cannot_move_anything_up():
+    from lamra.reranker import sliding_window_order
+
+    with pytest.raises(ValueError, match="stride"):
+        sliding_window_order(10, 5, 5, lambda ids: ids)
+
+
+def test_listwise_beyond_the_window_scores_by_place(reranker):
+    candidates = [[f"candidate {i}"] for i in range(7)]
+    scores = reranker.listwise(["a red apple"], candidates, window=3)
+    np.testing.assert_allclose(sorted(scores, reverse=True), (7 - np.arange(7)) / 7)
+    within = reranker.listwise(["a red apple"], candidates[:3], window=3)  # one window: probabilities
+    assert within.sum() == pytest.approx(1.0, abs=1e-5)

@@ -134,16 +134,20 @@ def index(
     pool: Annotated[Path, typer.Argument(help="An M-BEIR candidate pool jsonl.")],
     out: Annotated[Path, typer.Option(help="Index directory (written atomically; a killed run resumes).")],
     image_root: Annotated[Optional[Path], typer.Option(help="Root for img_path; default: the M-BEIR root.")] = None,
-    nlist: Annotated[Optional[int], typer.Option(help="IVF lists (default: exact flat index).")] = None,
+    index_type: Annotated[str, typer.Option("--index", help="flat (exact), ivf[N], ivfpq, hnsw[M], or a FAISS factory string.")] = "flat",
     batch_size: int = 32,
     model: ModelOption = None,
     precision: PrecisionOption = "auto",
 ) -> None:
     """Encode a candidate pool into a FAISS index that loads without the model."""
     from lamra.evaluate.runner import index_pool
+    from lamra.items import InputError
 
-    built = index_pool(lambda: load_model(model, precision), pool, out, model_name=model or "compact",
-                       image_root=image_root, batch_size=batch_size, nlist=nlist)
+    try:  # a bad --index fails at the first batch, not after the encoding
+        built = index_pool(lambda: load_model(model, precision), pool, out, model_name=model or "compact",
+                           image_root=image_root, batch_size=batch_size, index_type=index_type)
+    except ValueError as error:
+        raise InputError(str(error)) from None
     typer.echo(f"indexed {len(built)} candidates -> {out}")
 
 

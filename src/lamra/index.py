@@ -6,7 +6,8 @@ On disk an index is a directory holding versions and a pointer to the live one::
     v-.../manifest.json   model name, dims, count, index type, fingerprints of the pool file and ids
     v-.../ids.json        the candidate ids (M-BEIR dids such as "9:1234"), row i <-> ids[i]
     v-.../embeddings.npy  float32 (count, dims), L2-normalised, memory-mapped on load
-    v-.../index.faiss     the FAISS index (flat inner product by default, IVF when ``nlist`` is given)
+    v-.../index.faiss     the FAISS index: exact (flat) by default, or IVF / IVF-PQ / HNSW / any FAISS
+                          factory string (``index_type``; names and defaults in ``lamra.index_types``)
 
 (An index written before versions existed, with the four files directly in the directory, still loads.)
 
@@ -45,6 +46,8 @@ import faiss
 import numpy as np
 from tqdm.auto import tqdm
 
+from lamra.index_types import build_faiss_index, resolve_index_type, set_search_parameters
+
 FORMAT = "lamra-index/1"
 MANIFEST = "manifest.json"
 IDS = "ids.json"
@@ -54,7 +57,7 @@ PROGRESS = "progress.json"
 CURRENT = "CURRENT"
 LOCK = ".lock"
 VERSION_PREFIX = "v-"
-INTEGRITY_SAMPLE = 8  # rows searched at load: each must find itself
+INTEGRITY_SAMPLE = 8  # rows searched at load: each must find itself (half of them, in an approximate index)
 
 logger = logging.getLogger(__name__)
 
@@ -183,23 +186,6 @@ def _write_text_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _make_faiss_index(vectors: np.ndarray, nlist: int | None, nprobe: int) -> faiss.Index:
-    dims = vectors.shape[1]
-    if nlist is None:
-        index = faiss.IndexFlatIP(dims)
-    else:
-        if nlist < 1 or nlist > len(vectors):
-            raise ValueError(f"nlist={nlist}: an IVF index needs 1 <= nlist <= number of vectors ({len(vectors)})")
-        quantizer = faiss.IndexFlatIP(dims)
-        index = faiss.IndexIVFFlat(quantizer, dims, nlist, faiss.METRIC_INNER_PRODUCT)
-        index.train(np.ascontiguousarray(vectors))
-        index.nprobe = nprobe
-    # add in slices so a memory-mapped array is never copied whole
-    for start in range(0, len(vectors), 65536):
-        index.add(np.ascontiguousarray(vectors[start : start + 65536]))
-    return index
-
-
 # --- the index -------------------------------------------------------------------------------------
 
 
@@ -223,32 +209,38 @@ class VectorIndex:
         model_name: str = "unknown",
         pool_path: str | os.PathLike | None = None,
         pool_fingerprint: str | None = None,
-        nlist: int | None = None,
-        nprobe: int = 8,
+        index_type: str | None = None,
+        search: dict[str, int] | None = None,
         assume_normalised: bool = False,
     ) -> "VectorIndex":
-        """Index vectors (L2-normalised here unless ``assume_normalised``); duplicate ids are refused."""
+        """Index vectors (L2-normalised here unless ``assume_normalised``); duplicate ids are refused.
+        ``index_type``: "flat" (default, exact), "ivf[N]", "ivfpq", "hnsw[M]" or a FAISS factory
+        string; ``search`` overrides its search parameters (``{"nprobe": 32}``, ``{"efSearch": 256}``)."""
         ids = [str(did) for did in ids]
         _refuse_duplicate_ids(ids)
         if not assume_normalised:
             vectors = l2_normalise(vectors, "candidate embeddings")
         if pool_path is not None and pool_fingerprint is None:
             pool_fingerprint = file_fingerprint(pool_path)
+        kind = resolve_index_type(index_type, len(ids), int(vectors.shape[1]))
+        parameters = {**kind.search, **(search or {})}
         manifest = {
             "format": FORMAT,
             "model": model_name,
             "dims": int(vectors.shape[1]),
             "count": len(ids),
             "metric": "inner_product",
-            "index_type": "flat" if nlist is None else "ivf",
-            "nlist": nlist,
-            "nprobe": nprobe if nlist is not None else None,
+            "index_type": kind.name,
+            "factory": kind.factory,
+            "search": parameters,
             "pool_path": str(pool_path) if pool_path is not None else None,
             "pool_fingerprint": pool_fingerprint,
             "ids_fingerprint": ids_fingerprint(ids),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
-        return cls(vectors, ids, _make_faiss_index(vectors, nlist, nprobe), manifest)
+        faiss_index = build_faiss_index(vectors, kind)
+        set_search_parameters(faiss_index, parameters)
+        return cls(vectors, ids, faiss_index, manifest)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -260,6 +252,16 @@ class VectorIndex:
     @property
     def model_name(self) -> str:
         return self.manifest["model"]
+
+    @property
+    def exact(self) -> bool:
+        factory = self.manifest.get("factory") or ("Flat" if self.manifest.get("index_type", "flat") == "flat" else "")
+        return factory == "Flat"
+
+    def set_search(self, **parameters: int) -> None:
+        """Change an approximate index's search parameters (``nprobe=32``, ``efSearch=256``) in memory."""
+        set_search_parameters(self.faiss_index, parameters)
+        self.manifest["search"] = {**self.manifest.get("search", {}), **parameters}
 
     def search(self, query_vectors: np.ndarray, k: int) -> tuple[np.ndarray, list[list[str]]]:
         """Top-k by inner product: ``(scores (n, k') float32, ids n lists of k' dids)``, best first.
@@ -368,6 +370,13 @@ class VectorIndex:
         except RuntimeError as error:
             raise IndexFileError(f"cannot read {str(version / FAISS_FILE)!r}: {str(error).splitlines()[0]}") from None
         index = cls(vectors, ids, faiss_index, manifest)
+        parameters = manifest.get("search")
+        if parameters is None and manifest.get("nprobe"):  # written before index types had names
+            parameters = {"nprobe": manifest["nprobe"]}
+        try:
+            set_search_parameters(faiss_index, parameters or {})
+        except ValueError as error:
+            raise IndexFileError(f"{str(version / MANIFEST)!r}: {error}") from None
         index._check_faiss(version / FAISS_FILE)
         return index
 
@@ -380,11 +389,14 @@ class VectorIndex:
             return
         rows = np.unique(np.linspace(0, len(self.ids) - 1, min(INTEGRITY_SAMPLE, len(self.ids))).astype(int))
         scores, found = self.faiss_index.search(np.ascontiguousarray(self.vectors[rows], dtype=np.float32), 10)
-        for row, row_scores, row_found in zip(rows, scores, found):
-            # the row itself, or an exact duplicate vector, must come back with cosine 1
-            if row not in row_found and not (row_scores[0] > 0.9999):
-                raise IndexFileError(f"{str(path)!r} does not hold the embeddings of its directory (row {row} "
-                                     "is not found): a file of another index? Rebuild it")
+        # the row itself, or an exact duplicate vector, must come back with cosine 1; an approximate
+        # index may miss a few (PQ codes are lossy, IVF probes some lists), a foreign file misses all
+        missed = [int(row) for row, row_scores, row_found in zip(rows, scores, found)
+                  if row not in row_found and not (row_scores[0] > 0.9999)]
+        allowed = 0 if self.exact else len(rows) // 2
+        if len(missed) > allowed:
+            raise IndexFileError(f"{str(path)!r} does not hold the embeddings of its directory (row {missed[0]} "
+                                 "is not found): a file of another index? Rebuild it")
 
 
 def _read_json(path: Path, kind: type) -> Any:
@@ -441,8 +453,8 @@ def build_index(
     pool_path: str | os.PathLike | None = None,
     batch_size: int = 32,
     chunk_size: int = 1024,
-    nlist: int | None = None,
-    nprobe: int = 8,
+    index_type: str | None = None,
+    search: dict[str, int] | None = None,
     show_progress: bool = True,
 ) -> VectorIndex:
     """Encode ``candidates`` with ``encode(batch) -> (n, dims)`` and save a VectorIndex at ``directory``.
@@ -467,6 +479,8 @@ def build_index(
         "pool_fingerprint": file_fingerprint(pool_path) if pool_path is not None else None,
     }
     done, vectors = _open_partial(partial, job)
+    if vectors is not None:
+        resolve_index_type(index_type, len(ids), int(vectors.shape[1]))  # a bad type fails now, not at the end
 
     chunk_size = max(chunk_size, batch_size)
     with tqdm(total=len(ids), initial=done, desc=f"encoding {target.name}", unit="item",
@@ -477,6 +491,7 @@ def build_index(
                 end = min(start + batch_size, chunk_end)
                 batch_vectors = _encode_batch(encode, candidates[start:end], start)
                 if vectors is None:  # the first batch tells the dimension
+                    resolve_index_type(index_type, len(ids), int(batch_vectors.shape[1]))
                     vectors = _create_partial(partial, job, batch_vectors.shape[1])
                 if batch_vectors.shape[1] != vectors.shape[1]:
                     raise ValueError(f"encode returned {batch_vectors.shape[1]} dims, earlier batches {vectors.shape[1]}")
@@ -488,7 +503,7 @@ def build_index(
 
     index = VectorIndex.from_vectors(
         vectors, ids, model_name=model_name, pool_path=pool_path,
-        pool_fingerprint=job["pool_fingerprint"], nlist=nlist, nprobe=nprobe,
+        pool_fingerprint=job["pool_fingerprint"], index_type=index_type, search=search,
         assume_normalised=True,  # every batch was normalised as it was written
     )
     index._write_files(partial)
@@ -534,11 +549,13 @@ def load_or_build_index(
     pool_path: str | os.PathLike | None = None,
     **build_options,
 ) -> VectorIndex:
-    """Reuse the index at ``directory`` if it matches the model, pool file and ids; else (re)build it
-    (a corrupt or inconsistent index is rebuilt too, with a warning that says why)."""
+    """Reuse the index at ``directory`` if it matches the model, pool file, ids and index type; else
+    (re)build it (a corrupt or inconsistent index is rebuilt too, with a warning that says why)."""
+    wanted_type = (build_options.get("index_type") or "flat").strip()
     try:
         index = VectorIndex.load(directory, pool_path=pool_path, model_name=model_name)
-        if index.manifest.get("ids_fingerprint") == ids_fingerprint([str(d) for d in ids]):
+        if (index.manifest.get("ids_fingerprint") == ids_fingerprint([str(d) for d in ids])
+                and index.manifest.get("index_type", "flat") == wanted_type):
             return index
     except (FileNotFoundError, StaleIndexError):
         pass

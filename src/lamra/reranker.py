@@ -3,8 +3,13 @@
 - Pointwise: the prompt shows the query and one candidate; the score is P("Yes") from a softmax over
   the {Yes, No} logits of the first answer token.
 - Listwise: the candidates are numbered ``(1)..(n)``; the prompt ends at ``Ans: (`` and each
-  candidate's score is the probability of its number (softmax over the numbers 1..n). Longer lists are
-  scored in windows of at most ``window`` candidates.
+  candidate's score is the probability of its number (softmax over the numbers 1..n). The prompt
+  holds at most ``window`` candidates (the paper trains lists of up to 5 and leaves longer ones
+  open); a longer list is ordered by sliding windows, RankGPT's method: a window at the bottom of
+  the list is ordered by its numbers' probabilities, then moves up by ``stride`` places, so a
+  window's best candidates travel up with it, and the list's best reaches the top in one pass of
+  ceil((n - window) / stride) + 1 prompts. Each candidate's score is then its place in that order
+  (1 for the first, down to 1/n), since probabilities from different windows do not compare.
 - Listwise parity: the official evaluation's rule instead, for comparing with its numbers: the model
   answers greedily and the candidate whose answer is exactly ``Ans: (k)`` scores 1, the rest 0.
 - Fusion: final = retrieval score + w * rerank score.
@@ -43,6 +48,21 @@ def single_token_id(backbone: Backbone, text: str) -> int:
 def check_window(window: int) -> None:
     if not 1 <= window <= MAX_LISTWISE_WINDOW:
         raise ValueError(f"listwise window must be 1..{MAX_LISTWISE_WINDOW}, got {window}")
+
+
+def sliding_window_order(count: int, window: int, stride: int, order_window) -> list[int]:
+    """RankGPT's sliding windows over positions ``0..count-1``, bottom up: ``order_window(ids)``
+    returns ``ids`` best first, and that window's stretch of the list is replaced by it."""
+    if not 1 <= stride < window:
+        raise ValueError(f"stride must be 1..window-1 (window {window}), got {stride}: "
+                         "a window must overlap the next for its best to move up")
+    order = list(range(count))
+    start = max(0, count - window)
+    while True:
+        order[start : start + window] = order_window(order[start : start + window])
+        if start == 0:
+            return order
+        start = max(0, start - stride)
 
 
 class Reranker:
@@ -98,17 +118,31 @@ class Reranker:
         pair = logits[:, [self.yes_id, self.no_id]]
         return pair.softmax(dim=-1)[:, 0].cpu().numpy()
 
-    def listwise(self, query: list[Segment], candidates: Sequence[list[Segment]], window: int = 5) -> np.ndarray:
-        """Each candidate's probability of being the answer within its window of ``window``."""
+    def listwise(self, query: list[Segment], candidates: Sequence[list[Segment]], window: int = 5,
+                 stride: int | None = None) -> np.ndarray:
+        """Up to ``window`` candidates: each one's probability of being the answer. A longer list:
+        sliding windows (``stride``, default half the window), each candidate scored by its place
+        in the resulting order (module doc)."""
         check_window(window)
+        if not candidates:
+            return np.zeros(0, np.float32)
         query = self._cut(query)
-        scores = []
-        for start in range(0, len(candidates), window):
-            chunk = [self._cut(c) for c in candidates[start : start + window]]
-            logits = self._next_token_logits([listwise_messages(query, chunk)], LISTWISE_ANSWER_PREFIX)
-            numbers = logits[0, self.number_ids[: len(chunk)]]
-            scores.append(numbers.softmax(dim=-1))
-        return torch.cat(scores).cpu().numpy() if scores else np.zeros(0, np.float32)
+        cut = [self._cut(c) for c in candidates]
+        if len(cut) <= window:
+            return self._window_probabilities(query, cut).cpu().numpy()
+
+        def order_window(ids: list[int]) -> list[int]:
+            probabilities = self._window_probabilities(query, [cut[i] for i in ids])
+            return [ids[j] for j in torch.argsort(probabilities, descending=True, stable=True).tolist()]
+
+        order = sliding_window_order(len(cut), window, stride or max(1, window // 2), order_window)
+        scores = np.empty(len(cut), np.float32)
+        scores[order] = (len(cut) - np.arange(len(cut))) / len(cut)
+        return scores
+
+    def _window_probabilities(self, query: list[Segment], chunk: list[list[Segment]]) -> torch.Tensor:
+        logits = self._next_token_logits([listwise_messages(query, chunk)], LISTWISE_ANSWER_PREFIX)
+        return logits[0, self.number_ids[: len(chunk)]].softmax(dim=-1)
 
 
     @torch.no_grad()

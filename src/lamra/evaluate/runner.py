@@ -56,6 +56,7 @@ from lamra.prompts import format_mbeir_text
 
 POOLS = ("local", "global")
 MAP_KS = (5,)
+MIN_APPROXIMATE_POOL = 10_000  # pools smaller than this are searched exactly whatever index_type says
 DEFAULT_WEIGHT_GRID = (0.0, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0)
 
 
@@ -304,10 +305,10 @@ def _safe_name(text: str) -> str:
 class _PoolCache:
     """Candidate records and indexes, built once per pool file, and query vectors, once per task."""
 
-    def __init__(self, encoder, data: MBEIRDataset, *, model_name, batch_size, index_dir, nlist,
+    def __init__(self, encoder, data: MBEIRDataset, *, model_name, batch_size, index_dir, index_type,
                  show_progress):
         self.encoder, self.data, self.model_name = encoder, data, model_name
-        self.batch_size, self.index_dir, self.nlist, self.show_progress = batch_size, index_dir, nlist, show_progress
+        self.batch_size, self.index_dir, self.index_type, self.show_progress = batch_size, index_dir, index_type, show_progress
         self.records: dict[Path, dict[str, MBEIRCandidate]] = {}
         self.indexes: dict[Path, tuple[VectorIndex, float]] = {}
         self.pool_modalities: dict[Path, set[str]] = {}
@@ -346,14 +347,13 @@ class _PoolCache:
             return self.encoder.encode(batch, batch_size=self.batch_size, show_progress=False,
                                        image_root=root, role="document")
 
-        # IVF only pays off on large pools, and k-means wants ~39 points per list: small local
-        # pools stay flat even when an nlist is asked for
-        nlist = self.nlist if self.nlist is not None and len(ids) >= 39 * self.nlist else None
+        # approximate search only pays off on large pools: small (local) pools stay exact
+        index_type = self.index_type if len(ids) >= MIN_APPROXIMATE_POOL else "flat"
         start = time.perf_counter()
         if self.index_dir is not None:
             directory = Path(self.index_dir) / _safe_name(self.model_name) / path.stem
             index = load_or_build_index(encode, items, ids, directory, model_name=self.model_name,
-                                        pool_path=path, batch_size=self.batch_size, nlist=nlist,
+                                        pool_path=path, batch_size=self.batch_size, index_type=index_type,
                                         show_progress=self.show_progress)
         else:
             missing = [i for i, did in enumerate(ids) if did not in self.candidate_vectors]
@@ -362,7 +362,7 @@ class _PoolCache:
                                           show_progress=self.show_progress, desc=f"encoding {path.stem}")
                 self.candidate_vectors.update((ids[i], vector) for i, vector in zip(missing, fresh))
             vectors = np.stack([self.candidate_vectors[did] for did in ids])
-            index = VectorIndex.from_vectors(vectors, ids, model_name=self.model_name, nlist=nlist,
+            index = VectorIndex.from_vectors(vectors, ids, model_name=self.model_name, index_type=index_type,
                                              assume_normalised=True)
         self.indexes[path] = (index, time.perf_counter() - start)
         return self.indexes[path]
@@ -398,7 +398,7 @@ def evaluate_mbeir(
     batch_size: int = 32,
     run_depth: int = 50,
     index_dir: str | Path | None = None,
-    nlist: int | None = None,
+    index_type: str = "flat",
     queries_per_task: int | None = None,
     show_progress: bool = True,
 ) -> EvaluationReport:
@@ -418,7 +418,7 @@ def evaluate_mbeir(
         if pool not in POOLS:
             raise ValueError(f"pool {pool!r}: expected one of {POOLS}")
     cache = _PoolCache(encoder, data, model_name=model_name, batch_size=batch_size, index_dir=index_dir,
-                       nlist=nlist, show_progress=show_progress)
+                       index_type=index_type, show_progress=show_progress)
     results = []
     for task in list_tasks(data, split, tasks):
         queries = sample_queries(list(data.queries(split, task.dataset, task.task_id)), queries_per_task,
@@ -435,7 +435,7 @@ def evaluate_mbeir(
                 batch_size=batch_size, run_depth=run_depth, show_progress=show_progress))
     settings = {"pools": list(pools), "instruction_choice": instruction_choice,
                 "instructions": str(data.instructions_path), "seed": seed,
-                "run_depth": run_depth, "index": "flat" if nlist is None else f"ivf{nlist}",
+                "run_depth": run_depth, "index": index_type,
                 "queries_per_task": queries_per_task,
                 "rerankers": {r.name: {"top_k": r.top_k, "weights": dict(r.weights),
                                        "default_weight": r.default_weight} for r in rerankers}}
@@ -623,7 +623,7 @@ def load_results(path: str | Path) -> dict[str, Any]:
 
 def index_pool(encoder: Encoder | Callable[[], Encoder], pool_path: str | Path, directory: str | Path, *,
                model_name: str, image_root: str | Path | None = None, batch_size: int = 32,
-               nlist: int | None = None, show_progress: bool = True) -> VectorIndex:
+               index_type: str = "flat", show_progress: bool = True) -> VectorIndex:
     """``lamra index``: encode an M-BEIR candidate pool file into a saved, resumable index.
 
     An up-to-date index at ``directory`` (same model, same pool file) is reused as it is. ``encoder``
@@ -643,7 +643,7 @@ def index_pool(encoder: Encoder | Callable[[], Encoder], pool_path: str | Path, 
         return encoder.encode(batch, batch_size=batch_size, show_progress=False, image_root=root, role="document")
 
     return load_or_build_index(encode, items, ids, directory, model_name=model_name, pool_path=pool_path,
-                               batch_size=batch_size, nlist=nlist, show_progress=show_progress)
+                               batch_size=batch_size, index_type=index_type, show_progress=show_progress)
 
 
 def evaluate_and_write(
