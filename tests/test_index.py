@@ -305,3 +305,47 @@ def test_a_kill_between_any_two_steps_of_a_replace_leaves_one_whole_index(tmp_pa
             break
         step += 1
     assert step > 5 and seen == {tuple(old_ids), tuple(new_ids)}  # every step was tried, both outcomes seen
+
+
+@pytest.mark.parametrize("index_type", ["flat", "ivf16"])
+def test_a_loaded_index_stays_on_disk(tmp_path, index_type):
+    import psutil  # a dependency of accelerate and peft
+
+    vectors = random_unit(100_000, 256, seed=5)  # 100 MB of float32
+    VectorIndex.from_vectors(vectors, [str(i) for i in range(len(vectors))], index_type=index_type,
+                             assume_normalised=True).save(tmp_path / "big")
+    del vectors
+    process = psutil.Process()
+
+    def private_bytes():  # resident and not backed by a file: what a pool larger than RAM cannot afford
+        memory = process.memory_info()
+        return memory.rss - memory.shared
+
+    before = private_bytes()
+    index = VectorIndex.load(tmp_path / "big")  # its load check searches, so file pages are read in
+    grown = private_bytes() - before
+    assert grown < 40e6, f"loading took {grown / 1e6:.0f} MB of private memory"  # the ids, not 100 MB of vectors
+    queries = np.asarray(index.vectors[:5])
+    assert [hits[0] for hits in index.search(queries, 3)[1]] == [str(i) for i in range(5)]
+    in_memory = VectorIndex.load(tmp_path / "big", mmap=False)
+    assert in_memory.search(queries, 3)[1] == index.search(queries, 3)[1]
+
+
+def test_sharded_index_returns_what_one_index_over_everything_returns(tmp_path):
+    from lamra.index_shards import ShardedIndex
+
+    vectors = random_unit(900, 32, seed=6)
+    ids = [f"7:{i}" for i in range(900)]
+    whole = VectorIndex.from_vectors(vectors, ids)
+    for number, (start, end) in enumerate([(0, 250), (250, 700), (700, 900)]):
+        kind = "hnsw" if number == 1 else "flat"  # shards may be of different types
+        VectorIndex.from_vectors(vectors[start:end], ids[start:end], index_type=kind).save(tmp_path / f"s{number}")
+    sharded = ShardedIndex.load([tmp_path / f"s{n}" for n in range(3)])
+    queries = random_unit(20, 32, seed=7)
+    expected_scores, expected_ids = whole.search(queries, 10)
+    scores, found = sharded.search(queries, 10)
+    assert found == expected_ids and len(sharded) == 900
+    np.testing.assert_allclose(scores, expected_scores, atol=1e-6)
+    assert sharded.search(queries[:1], 5000)[0].shape == (1, 900)
+    with pytest.raises(ValueError, match="repeats ids"):
+        ShardedIndex([sharded.shards[0], sharded.shards[0]])

@@ -5,7 +5,8 @@ On disk an index is a directory holding versions and a pointer to the live one::
     CURRENT               the name of the live version, e.g. "v-20261126T194100-1a2b3c4d"
     v-.../manifest.json   model name, dims, count, index type, fingerprints of the pool file and ids
     v-.../ids.json        the candidate ids (M-BEIR dids such as "9:1234"), row i <-> ids[i]
-    v-.../embeddings.npy  float32 (count, dims), L2-normalised, memory-mapped on load
+    v-.../embeddings.npy  float32 (count, dims), L2-normalised, memory-mapped on load (the FAISS
+                          file too: flat codes and IVF lists are read from disk as searches need them)
     v-.../index.faiss     the FAISS index: exact (flat) by default, or IVF / IVF-PQ / HNSW / any FAISS
                           factory string (``index_type``; names and defaults in ``lamra.index_types``)
 
@@ -366,7 +367,7 @@ class VectorIndex:
             raise IndexFileError(f"{str(version / EMBEDDINGS)!r} holds {vectors.shape}, the manifest says "
                                  f"({count}, {dims})")
         try:
-            faiss_index = faiss.read_index(str(version / FAISS_FILE))
+            faiss_index = _read_faiss(version / FAISS_FILE, manifest.get("factory", ""), mmap)
         except RuntimeError as error:
             raise IndexFileError(f"cannot read {str(version / FAISS_FILE)!r}: {str(error).splitlines()[0]}") from None
         index = cls(vectors, ids, faiss_index, manifest)
@@ -397,6 +398,17 @@ class VectorIndex:
         if len(missed) > allowed:
             raise IndexFileError(f"{str(path)!r} does not hold the embeddings of its directory (row {missed[0]} "
                                  "is not found): a file of another index? Rebuild it")
+
+
+def _read_faiss(path: Path, factory: str, mmap: bool) -> faiss.Index:
+    """Memory-mapped where FAISS can (flat codes; IVF lists), so a pool larger than RAM searches."""
+    if mmap:
+        flags = faiss.IO_FLAG_MMAP if factory.startswith("IVF") else faiss.IO_FLAG_MMAP_IFC
+        try:
+            return faiss.read_index(str(path), flags)
+        except RuntimeError:
+            pass  # a type FAISS cannot map: read it whole (a corrupt file fails again below)
+    return faiss.read_index(str(path))
 
 
 def _read_json(path: Path, kind: type) -> Any:

@@ -1,0 +1,106 @@
+"""Approximate search against exact: queries/s and recall@10 of IVF and HNSW, as ratios to flat.
+
+Two sets, each searched by every index type in this one process:
+
+- ``random``: ``--count`` (default 1M) random unit vectors of 576 dims (the compact LamRA's width),
+  Gaussian then L2-normalised, and ``--queries`` more as queries. No structure at all: the hardest
+  case for an approximate index (every point's neighbours are barely nearer than the rest).
+- ``pocketbeir``: the shipped LamRA-Ret's vectors of the PocketBEIR global pool (18,237 candidates,
+  from the index ``scripts/evaluate_pocketbeir.py`` caches under runs/eval-index); 500 of them, held
+  out of the index, are the queries. Skipped when that index is not there.
+
+Recall@10: the share of flat search's top 10 that the index returns in its top 10. Queries/s: all
+queries searched in one batch (FAISS spreads them over the cores), median of ``--repeats``.
+
+    .venv/bin/python benchmarks/search.py [--count 1000000] [--queries 1000] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+
+from lamra.index import VectorIndex, l2_normalise, live_version
+
+DIMS = 576
+POCKETBEIR_INDEX = Path("runs/eval-index")
+SWEEPS = {"ivf": ("nprobe", (8, 16, 32, 64, 128)), "hnsw": ("efSearch", (32, 64, 128, 256, 512))}
+
+
+def random_set(count: int, queries: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    base = np.empty((count, DIMS), np.float32)
+    for start in range(0, count, 100_000):  # in slices: the float64 draw of 1M x 576 would be 4.6 GB
+        end = min(start + 100_000, count)
+        base[start:end] = l2_normalise(rng.standard_normal((end - start, DIMS), dtype=np.float32))
+    return base, l2_normalise(rng.standard_normal((queries, DIMS), dtype=np.float32))
+
+
+def pocketbeir_set(held_out: int = 500, seed: int = 0) -> tuple[np.ndarray, np.ndarray] | None:
+    found = sorted(POCKETBEIR_INDEX.glob("LamRA-Ret_*/mbeir_union_test_cand_pool"))
+    if not found or live_version(found[-1]) is None:
+        return None
+    vectors = np.asarray(VectorIndex.load(found[-1]).vectors, np.float32)
+    rows = np.random.default_rng(seed).permutation(len(vectors))
+    return vectors[rows[held_out:]], vectors[rows[:held_out]]
+
+
+def timed_search(index: VectorIndex, queries: np.ndarray, repeats: int) -> tuple[float, list[list[str]]]:
+    times, ids = [], None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        _, ids = index.search(queries, 10)
+        times.append(time.perf_counter() - start)
+    return len(queries) / statistics.median(times), ids
+
+
+def recall_at_10(found: list[list[str]], truth: list[list[str]]) -> float:
+    return float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, truth)]))
+
+
+def run_set(name: str, base: np.ndarray, queries: np.ndarray, repeats: int) -> list[list[str]]:
+    ids = [str(i) for i in range(len(base))]
+    rows = []
+    flat = VectorIndex.from_vectors(base, ids, assume_normalised=True)
+    flat_qps, truth = timed_search(flat, queries, repeats)
+    rows.append([name, "flat", "", "0", f"{flat_qps:,.0f}", "1.0x", "1.000"])
+    del flat
+    for kind, (parameter, values) in SWEEPS.items():
+        start = time.perf_counter()
+        index = VectorIndex.from_vectors(base, ids, index_type=kind, assume_normalised=True)
+        build = time.perf_counter() - start
+        factory = index.manifest["factory"]
+        for value in values:
+            index.set_search(**{parameter: value})
+            qps, found = timed_search(index, queries, repeats)
+            rows.append([name, factory, f"{parameter}={value}", f"{build:.0f}", f"{qps:,.0f}",
+                         f"{qps / flat_qps:.1f}x", f"{recall_at_10(found, truth):.3f}"])
+        del index
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--count", type=int, default=1_000_000)
+    parser.add_argument("--queries", type=int, default=1000)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+
+    rows = run_set(f"random {args.count:,}", *random_set(args.count, args.queries), args.repeats)
+    real = pocketbeir_set()
+    if real is None:
+        print(f"(pocketbeir set skipped: no LamRA-Ret global-pool index under {POCKETBEIR_INDEX})\n")
+    else:
+        rows += run_set(f"pocketbeir {len(real[0]):,}", *real, args.repeats)
+    print("| set | index | search parameter | build s | queries/s | vs flat | recall@10 |")
+    print("|---|---|---|---:|---:|---:|---:|")
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+
+
+if __name__ == "__main__":
+    main()
