@@ -112,3 +112,20 @@ class HashingEncoder:
         if items and isinstance(items[0], dict) and "did" in items[0]:
             self.candidate_calls += 1
         return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+class RecordingHashingEncoder(HashingEncoder):
+    """A HashingEncoder for other processes (Ray workers): appends the dids' texts it encodes to
+    ``log`` and raises after ``fail_after`` encode calls (a worker killed mid-run)."""
+
+    def __init__(self, log: str, fail_after: int | None = None):
+        super().__init__()
+        self.log, self.fail_after, self.calls = log, fail_after, 0
+
+    def encode(self, items, *args, **kwargs):
+        self.calls += 1
+        if self.fail_after is not None and self.calls > self.fail_after:
+            raise RuntimeError("worker killed (test)")
+        with open(self.log, "a") as handle:
+            handle.write("".join(f"{item.get('txt')}|{item.get('img_path')}\n" for item in items))
+        return super().encode(items, *args, **kwargs)

@@ -150,3 +150,27 @@ def test_role_digest_keys_each_role_by_its_own_files(chain, tmp_path):
     adapter.write_bytes(adapter.read_bytes()[:-1] + b"\x00")  # another reranker
     assert role_digest(moved, "retrieval") == before["retrieval"]
     assert role_digest(moved, "rank") != before["rank"]
+
+
+def test_local_mining_ranks_each_query_within_its_positives_datasets(chain, tmp_path):
+    from lamra.train.mining import mine
+    from lamra.train.stages import load_retriever
+    from lamra.train.stages.mbeir_data import MBEIRTrainData
+
+    data = MBEIRTrainData.from_recipe(chain["stage2_recipe"])
+    retriever = load_retriever(chain["stage2"].final_dir)
+    everything = len(data.pool)
+
+    def mined(name, **options):
+        path = mine(retriever, data, tmp_path / name, top_k=everything, show_progress=False, precision="fp32", **options)
+        return {r["qid"]: r for r in map(json.loads, path.read_text().splitlines())}
+
+    whole, local = mined("global.jsonl"), mined("local.jsonl", local=True)
+    datasets_seen = set()
+    for qid, record in local.items():
+        datasets = {did.split(":")[0] for did in record["gt_docs"]}
+        datasets_seen |= datasets
+        expected = [did for did in whole[qid]["top_docs"] if did.split(":")[0] in datasets]
+        assert record["top_docs"] == expected and expected  # the global order, other datasets left out
+        assert len(record["scores"]) == len(expected)
+    assert len(datasets_seen) > 1 and any(len(r["top_docs"]) < everything for r in local.values())

@@ -138,14 +138,30 @@ def index(
     batch_size: int = 32,
     model: ModelOption = None,
     precision: PrecisionOption = "auto",
+    ray_address: Annotated[Optional[str], typer.Option(
+        "--ray", help="Encode on Ray (pip install 'lamra[ray]'): 'local' starts a local instance, 'auto' or "
+                      "an address joins a cluster.")] = None,
+    workers: Annotated[Optional[int], typer.Option(help="Ray: model replicas (default: one per core).")] = None,
 ) -> None:
     """Encode a candidate pool into a FAISS index that loads without the model."""
-    from lamra.evaluate.runner import index_pool
+    import functools
+
+    from lamra.evaluate.runner import index_pool, pool_image_root
     from lamra.items import InputError
 
     try:  # a bad --index fails at the first batch, not after the encoding
-        built = index_pool(lambda: load_model(model, precision), pool, out, model_name=model or "compact",
-                           image_root=image_root, batch_size=batch_size, index_type=index_type)
+        if ray_address is None:
+            built = index_pool(lambda: load_model(model, precision), pool, out, model_name=model or "compact",
+                               image_root=image_root, batch_size=batch_size, index_type=index_type)
+        else:
+            try:
+                from lamra.index_ray import ray_index_pool
+            except ImportError:
+                raise InputError("--ray needs Ray: pip install 'lamra[ray]'") from None
+            built = ray_index_pool(functools.partial(load_model, model, precision), pool, out,
+                                   model_name=model or "compact", image_root=pool_image_root(pool, image_root),
+                                   address=None if ray_address == "local" else ray_address, workers=workers,
+                                   batch_size=batch_size, index_type=index_type)
     except ValueError as error:
         raise InputError(str(error)) from None
     typer.echo(f"indexed {len(built)} candidates -> {out}")

@@ -621,6 +621,12 @@ def load_results(path: str | Path) -> dict[str, Any]:
 # --- what the CLI calls ----------------------------------------------------------------------------
 
 
+def pool_image_root(pool_path: str | Path, image_root: str | Path | None = None) -> Path:
+    """Where a pool's img_path values are relative to: ``image_root``, else the M-BEIR data root
+    (two levels above cand_pool/<local|global>/)."""
+    return Path(image_root) if image_root is not None else Path(pool_path).resolve().parents[2]
+
+
 def index_pool(encoder: Encoder | Callable[[], Encoder], pool_path: str | Path, directory: str | Path, *,
                model_name: str, image_root: str | Path | None = None, batch_size: int = 32,
                index_type: str = "flat", show_progress: bool = True) -> VectorIndex:
@@ -636,8 +642,7 @@ def index_pool(encoder: Encoder | Callable[[], Encoder], pool_path: str | Path, 
         encoder = encoder()
     ids = list(candidates)
     items = [candidate_item(candidates[did]) for did in ids]
-    # M-BEIR image paths are relative to the data root, two levels above cand_pool/<local|global>/
-    root = Path(image_root) if image_root is not None else pool_path.resolve().parents[2]
+    root = pool_image_root(pool_path, image_root)
 
     def encode(batch):
         return encoder.encode(batch, batch_size=batch_size, show_progress=False, image_root=root, role="document")

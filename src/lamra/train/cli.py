@@ -142,7 +142,7 @@ def mine(
         backbone = load_retriever(source, base=loaded.model)
         path = run_mining(backbone, data, target, top_k=top_k or loaded.mining_top_k, batch_size=batch_size,
                           precision="bf16" if loaded.bf16 else "fp32", show_progress=not quiet,
-                          pool_size=loaded.mining_pool_size, pool_index=pool_index)
+                          pool_size=loaded.mining_pool_size, pool_index=pool_index, local=loaded.mining_local)
     except (StageSetupError, FileNotFoundError, ValueError) as error:
         _fail(error)
         return

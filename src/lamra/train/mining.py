@@ -14,6 +14,11 @@ already there (a torn last line is dropped) and reuses the pool embeddings saved
 ``{out}.pool.pt``; when every query is done the file is renamed to ``out`` (atomic) and the pool
 file removed.
 
+``local``: each query's top-K comes from its local pool only -- the candidates of its positives'
+datasets (the M-BEIR dataset id before the did's colon), as a local-pool evaluation will rerank
+them. In the global pool the top of an image query's list is mostly other images, whatever the
+task asks for, and a reranker trained on those negatives learns the modality, not the match.
+
 ``pool_index``: a ``lamra index`` directory of the same pool built with the same retriever (the
 evaluation's cached global pool, say) is reused instead of encoding the pool again. Its ids must be
 the pool's, and a few candidates are encoded afresh to check that its vectors are this retriever's.
@@ -73,6 +78,7 @@ def mine(
     max_queries: int | None = None,
     pool_size: int | None = None,
     pool_index: str | os.PathLike | None = None,
+    local: bool = False,
 ) -> Path:
     """Write the mined file ``out`` (see the module doc); returns its path.
 
@@ -102,6 +108,7 @@ def mine(
         torch.save({"key": key, "vectors": pool_vectors}, temp)
         os.replace(temp, pool_file)
 
+    dataset_of = [did.split(":", 1)[0] for did in dids]
     done = _done_qids(partial)
     todo = [q for q in queries if q.qid not in done]
     k = min(top_k, len(dids))
@@ -117,10 +124,14 @@ def mine(
                 instructions.append(instruction)
             vectors = retriever.encode(_with_texts(items, instructions), batch_size=batch_size,
                                        image_root=data.image_root, convert_to_numpy=False)
-            scores, top = (vectors @ pool_vectors.T).topk(k, dim=1)
+            similarity = vectors @ pool_vectors.T
+            if local:
+                similarity = similarity.masked_fill(~_local_mask(chunk, dataset_of), float("-inf"))
+            scores, top = similarity.topk(k, dim=1)
             for query, row_scores, row_top in zip(chunk, scores.tolist(), top.tolist(), strict=True):
+                kept = [(i, s) for i, s in zip(row_top, row_scores) if s != float("-inf")]
                 record = {"qid": query.qid, "gt_docs": list(query.pos_cand_list),
-                          "top_docs": [dids[i] for i in row_top], "scores": [round(s, 6) for s in row_scores]}
+                          "top_docs": [dids[i] for i, _ in kept], "scores": [round(s, 6) for _, s in kept]}
                 handle.write(json.dumps(record) + "\n")
             handle.flush()
             os.fsync(handle.fileno())
@@ -149,6 +160,19 @@ def _vectors_from_index(directory, dids: list[str], data: MBEIRTrainData, retrie
         raise ValueError(f"index {str(directory)!r} (model {index.model_name!r}) was not built with this "
                          f"retriever: re-encoded candidates have cosine {cosines.min():.3f} with its vectors")
     return vectors
+
+
+def _local_mask(queries, dataset_of: list[str]) -> torch.Tensor:
+    """(queries, pool) True where the candidate is in a dataset of the query's positives."""
+    datasets = sorted(set(dataset_of))
+    column = torch.tensor([datasets.index(d) for d in dataset_of])
+    allowed = torch.zeros(len(queries), len(datasets), dtype=torch.bool)
+    for row, query in enumerate(queries):
+        for did in query.pos_cand_list:
+            prefix = did.split(":", 1)[0]
+            if prefix in datasets:
+                allowed[row, datasets.index(prefix)] = True
+    return allowed[:, column]
 
 
 def mining_pool(data: MBEIRTrainData, queries, pool_size: int | None) -> list[str]:

@@ -80,6 +80,7 @@ class Recipe:
     # Reranker data (stage rank).
     mining_top_k: int = 100
     mining_pool_size: int | None = None  # mine in the positives + a seeded sample of this many (CPU budgets)
+    mining_local: bool = False  # each query's top-K from its positives' datasets only (its local pool)
     listwise_min_candidates: int = 2
     listwise_max_candidates: int = 5
 
