@@ -24,7 +24,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from lamra.assets import lamra_home
-from lamra.checkpoints import role_digest
+from lamra.light_checkpoint import role_digest
 from lamra.evaluate.runner import evaluate_mbeir, load_results, write_report
 from lamra.evaluate.tables import results_page, write_markdown
 

@@ -8,7 +8,9 @@ scripts/evaluate_pocketbeir.py fills). Reranking is the shipped LamRA-Rank, or `
 rank run's ``final/`` (to measure it before packaging). Two rerankers, as in the paper's Table 8:
 
 - pointwise over the top 10: P(Yes) of each (query, candidate);
-- listwise over the top 5 in one window: the probability of each candidate's number.
+- listwise over the top 5 in one window: the probability of each candidate's number;
+- with ``--sliding``, listwise over the top 10 too, in sliding windows of 5 (stride 2; RankGPT's
+  method, ``lamra.reranker``): four prompts a query, each candidate scored by its final place.
 
 Fusion is the official ``retrieval + w * rerank``. Each task's w is chosen on val from the grid
 below (pointwise on the task's headline R@5; listwise on R@1, since reordering the top 5 cannot move
@@ -29,7 +31,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from lamra.assets import lamra_home
-from lamra.checkpoints import role_digest
+from lamra.light_checkpoint import role_digest
 from lamra.evaluate.runner import (
     DEFAULT_WEIGHT_GRID,
     RerankMethod,
@@ -52,7 +54,8 @@ VAL_QUERIES = 100  # per task (the smallest val tasks have 88 and 98: all of the
 RETRIEVAL = "LamRA-Ret"
 POINTWISE = "+ pointwise rerank (top 10)"
 LISTWISE = "+ listwise rerank (top 5)"
-SWEEP_METRIC = {POINTWISE: None, LISTWISE: "R@1"}  # None: the task's headline metric
+SLIDING = "+ listwise rerank (top 10, sliding windows of 5)"
+SWEEP_METRIC = {POINTWISE: None, LISTWISE: "R@1", SLIDING: None}  # None: the task's headline metric
 
 
 def data_root() -> Path:
@@ -72,11 +75,15 @@ def load_model(reranker: str | None):
     return model
 
 
-def rerankers(model, weights: dict[str, dict[str, float]] | None = None) -> list[RerankMethod]:
+def rerankers(model, weights: dict[str, dict[str, float]] | None = None, sliding: bool = False) -> list[RerankMethod]:
     weights = weights or {}
     root = data_root()
-    return [RerankMethod(POINTWISE, model_reranker(model, root, mode="pointwise"), 10, weights.get(POINTWISE, {})),
-            RerankMethod(LISTWISE, model_reranker(model, root, mode="listwise", window=5), 5, weights.get(LISTWISE, {}))]
+    listwise = model_reranker(model, root, mode="listwise", window=5)
+    methods = [RerankMethod(POINTWISE, model_reranker(model, root, mode="pointwise"), 10, weights.get(POINTWISE, {})),
+               RerankMethod(LISTWISE, listwise, 5, weights.get(LISTWISE, {}))]
+    if sliding:
+        methods.append(RerankMethod(SLIDING, listwise, 10, weights.get(SLIDING, {})))
+    return methods
 
 
 def out_dir(reranker: str | None) -> Path:
@@ -88,8 +95,8 @@ def evaluate_task(model, task, split: str, methods: list[RerankMethod], **option
                           rerankers=methods, index_dir=INDEX_DIR, show_progress=True, **options)
 
 
-def run_val(reranker: str | None, model=None):
-    """Per task: retrieval + both rerankers on the val sample, and the weight sweep -> val/<task>.json."""
+def run_val(reranker: str | None, model=None, sliding: bool = False):
+    """Per task: retrieval + the rerankers on the val sample, and the weight sweep -> val/<task>.json."""
     target = out_dir(reranker) / "val"
     for task in list_tasks(MBEIRDataset(data_root()), "val"):
         path = target / f"{task.key}.json"
@@ -97,10 +104,11 @@ def run_val(reranker: str | None, model=None):
             continue
         model = model or load_model(reranker)
         start = time.perf_counter()
-        report = evaluate_task(model, task, "val", rerankers(model), queries_per_task=VAL_QUERIES)
+        report = evaluate_task(model, task, "val", rerankers(model, sliding=sliding), queries_per_task=VAL_QUERIES)
         record = {"queries": report.results[0].metrics["queries"],
                   "retrieval": report.result(RETRIEVAL, "local", task.key).metrics, "sweeps": {}}
-        for name, metric in SWEEP_METRIC.items():
+        for name in (r.name for r in rerankers(model, sliding=sliding)):
+            metric = SWEEP_METRIC[name]
             sweep = sweep_rerank_weights(report, name, metric=metric)
             record["sweeps"][name] = {"metric": metric or "headline", "best": sweep.best[task.key],
                                       "table": {str(w): v for w, v in sweep.table[task.key].items()}}
@@ -119,18 +127,19 @@ def val_weights(reranker: str | None) -> dict[str, dict[str, float]]:
     return weights
 
 
-def run_test(reranker: str | None, model=None):
+def run_test(reranker: str | None, model=None, sliding: bool = False):
     """Per task: the full test queries with the val-chosen weights -> test/<task>/results.json."""
     weights = val_weights(reranker)
     for task in list_tasks(MBEIRDataset(data_root()), "test"):
         target = out_dir(reranker) / "test" / task.key
         if (target / "results.json").is_file():
             continue
-        if task.key not in weights[POINTWISE]:
-            raise SystemExit(f"no val weights for {task.key}: run `val` first")
+        needed = [POINTWISE, LISTWISE] + ([SLIDING] if sliding else [])
+        if any(task.key not in weights[name] for name in needed):
+            raise SystemExit(f"no val weights for {task.key} (of {needed}): run `val` first, with the same flags")
         model = model or load_model(reranker)
         start = time.perf_counter()
-        write_report(evaluate_task(model, task, "test", rerankers(model, weights)), target, command=COMMAND)
+        write_report(evaluate_task(model, task, "test", rerankers(model, weights, sliding)), target, command=COMMAND)
         print(f"test {task.key}: {time.perf_counter() - start:.0f} s -> {target}")
     return model
 
@@ -146,9 +155,9 @@ def write_page(reranker: str | None) -> None:
              f"({VAL_QUERIES} seeded val queries per task; all of the smaller ones) from the grid "
              f"{list(DEFAULT_WEIGHT_GRID)}: pointwise on R@5, listwise on R@1 (reordering the top 5 cannot "
              "move R@5). w = 0 is retrieval alone.")
+    methods = [m for m in (RETRIEVAL, POINTWISE, LISTWISE, SLIDING) if any(r["method"] == m for r in results)]
     page = results_page(results, title="LamRA-Ret + LamRA-Rank (PocketBEIR full test split)", pools=("local",),
-                        methods=[RETRIEVAL, POINTWISE, LISTWISE], speed_methods=[RETRIEVAL, POINTWISE, LISTWISE],
-                        notes=notes)
+                        methods=methods, speed_methods=methods, notes=notes)
     write_markdown(PAGE, COMMAND, page + "\n" + val_tables(base / "val", results))
     print(f"wrote {PAGE}")
 
@@ -158,7 +167,7 @@ def val_tables(val_dir: Path, results: list[dict]) -> str:
     columns = task_columns(r for r in results if r["method"] == RETRIEVAL)
     records = {path.stem: json.loads(path.read_text()) for path in val_dir.glob("*.json")}
     parts = ["## Choosing w on val\n"]
-    for name in SWEEP_METRIC:
+    for name in [n for n in SWEEP_METRIC if any(n in r.get("sweeps", {}) for r in records.values())]:
         header = ["w"] + [column_title(c) for c in columns]
         rows = []
         for w in DEFAULT_WEIGHT_GRID:
@@ -170,7 +179,7 @@ def val_tables(val_dir: Path, results: list[dict]) -> str:
                 cells.append(f"{mark}{100 * value:.1f}{mark}" if value is not None else "-")
             rows.append([str(w)] + cells)
         metric = SWEEP_METRIC[name] or "R@5"
-        parts.append(f"{name}: val {metric} by w (bold: chosen; queries per task: "
+        parts.append(f"{name}: val {metric} by w; the row w = 0 is LamRA-Ret alone (bold: chosen; queries per task: "
                      f"{', '.join(str(records[c['task']]['queries']) for c in columns if c['task'] in records)})\n")
         parts.append(markdown_table(header, rows))
     return "\n".join(parts)
@@ -180,12 +189,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("step", choices=["all", "val", "test", "page"])
     parser.add_argument("--reranker", help="a rank run's final/ (default: the shipped package's reranker)")
+    parser.add_argument("--sliding", action="store_true", help="also listwise over the top 10 in sliding windows")
     args = parser.parse_args()
     model = None
     if args.step in ("all", "val"):
-        model = run_val(args.reranker, model)
+        model = run_val(args.reranker, model, args.sliding)
     if args.step in ("all", "test"):
-        model = run_test(args.reranker, model)
+        model = run_test(args.reranker, model, args.sliding)
     if args.step in ("all", "page"):
         write_page(args.reranker)
 

@@ -15,7 +15,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from lamra.train import distributed
-from lamra.train.checkpoint import load_checkpoint, save_checkpoint
+from lamra.train.train_state import load_checkpoint, save_checkpoint
 from lamra.train.gradcache import GradCache
 from lamra.train.losses import info_nce
 

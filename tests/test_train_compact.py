@@ -10,7 +10,7 @@ import pytest
 import torch
 from train_helpers import make_slice, overrides
 
-from lamra.checkpoints import read_light_config
+from lamra.light_checkpoint import read_light_config
 from lamra.train.recipe import load_recipe
 from lamra.train.stages import run_stage
 
@@ -69,7 +69,7 @@ def test_light_checkpoints_list_adapters_in_order(chain):
 def test_stage2_trains_the_projector_and_packaging_keeps_one_per_role(chain, tmp_path):
     from safetensors.torch import load_file
 
-    from lamra.checkpoints import load_light_compact
+    from lamra.light_checkpoint import load_light_compact
     from lamra.train.package import package_compact
 
     stage2, rank = chain["stage2"].final_dir, chain["rank"].final_dir
@@ -134,7 +134,7 @@ def test_mining_reuses_a_matching_index_and_refuses_another_models(chain, tmp_pa
 def test_role_digest_keys_each_role_by_its_own_files(chain, tmp_path):
     import shutil
 
-    from lamra.checkpoints import role_digest
+    from lamra.light_checkpoint import role_digest
     from lamra.train.package import package_compact
 
     packaged = package_compact(chain["stage2"].final_dir, chain["rank"].final_dir, tmp_path / "packaged")

@@ -76,8 +76,7 @@ def test_rank_samples(data, compact_backbone, tmp_path):
     mined = {q.qid: {"qid": q.qid, "gt_docs": q.pos_cand_list,
                      "top_docs": q.pos_cand_list[:1] + [d for d in list(train.pool)[:12] if d not in q.pos_cand_list]}
              for q in train.queries}
-    samples = RerankSamples(train, mined, recipe)
-    samples.backbone = compact_backbone
+    samples = RerankSamples(train, mined, recipe, compact_backbone)
     assert len(samples) == 3 * len(train.queries)
     for index in range(0, 12, 3):
         yes, no, listwise = (samples.sample(index + k, 0) for k in range(3))

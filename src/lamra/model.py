@@ -63,7 +63,7 @@ def load_backbone(
         name_or_path = SHIPPED_DIR
     path = Path(name_or_path)
     if (path / LIGHT_CONFIG).is_file():
-        from lamra.checkpoints import load_light_compact
+        from lamra.light_checkpoint import load_light_compact
 
         return load_light_compact(path, role=role, device=device, dtype=dtype)
     model_type = _config_model_type(path) if path.is_dir() else None
@@ -123,7 +123,7 @@ class LamRA:
                 reranker or name_or_path, adapter=reranker_adapter, device=device, dtype=dtype, role="rank"
             )
         elif name_or_path is None or (Path(name_or_path) / LIGHT_CONFIG).is_file():
-            from lamra.checkpoints import has_rank_adapter
+            from lamra.light_checkpoint import has_rank_adapter
 
             source = SHIPPED_DIR if name_or_path is None else Path(name_or_path)
             if has_rank_adapter(source):

@@ -4,11 +4,11 @@ losses        info_nce, next_token_loss
 distributed   rank facts, gather_with_grad, contrastive_loss_distributed
 gradcache     GradCache: big contrastive batches with exact gradients
 schedule      cosine_with_warmup, count_training_steps, BatchOrder
-checkpoint    save_checkpoint / load_checkpoint / latest_checkpoint (SIGKILL-safe)
+train_state   save_checkpoint / load_checkpoint / latest_checkpoint (SIGKILL-safe)
 recipe        Recipe, load_recipe (YAML files under recipes/)
 """
 
-from lamra.train.checkpoint import (
+from lamra.train.train_state import (
     TrainState,
     latest_checkpoint,
     load_checkpoint,

@@ -21,7 +21,7 @@ import shutil
 from pathlib import Path
 
 from lamra.backbones.base import Backbone
-from lamra.checkpoints import PROJECTOR_FILE, read_light_config, save_projector, write_light_config
+from lamra.light_checkpoint import PROJECTOR_FILE, read_light_config, save_projector, write_light_config
 from lamra.train.recipe import Recipe
 from lamra.train.stages.models import StageSetupError, is_light, load_qwen_any
 

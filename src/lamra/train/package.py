@@ -24,7 +24,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from lamra.assets import atomic_directory
-from lamra.checkpoints import PROJECTOR_FILE, read_light_config, role_vision, write_light_config
+from lamra.light_checkpoint import PROJECTOR_FILE, read_light_config, role_vision, write_light_config
 from lamra.train.trainer import HARDWARE_LOG
 
 

@@ -56,9 +56,10 @@ def read_mined(path: str | os.PathLike) -> dict[str, dict]:
 class RerankSamples:
     """The rank stage's training samples over the queries that were mined."""
 
-    def __init__(self, data: MBEIRTrainData, mined: dict[str, dict], recipe: Recipe):
+    def __init__(self, data: MBEIRTrainData, mined: dict[str, dict], recipe: Recipe, backbone: Backbone):
         self.data = data
         self.recipe = recipe
+        self.backbone = backbone  # its tokenizer cuts the texts
         self.queries: list[MBEIRQuery] = []
         self.negatives: dict[str, list[str]] = {}
         for query in data.queries:
@@ -104,8 +105,6 @@ class RerankSamples:
         chosen.insert(answer, positive)
         candidates = [self._cut(data.cand_segments(did), count + 1) for did in chosen]
         return listwise_messages(self._cut(query_segments, count + 1), candidates, answer + 1)
-
-    backbone: Backbone  # set by the stage (text cutting needs the tokenizer)
 
 
 def answer_token_loss(backbone: Backbone, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

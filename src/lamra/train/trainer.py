@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from lamra.data.mbeir import atomic_write_text
 from lamra.retriever import autocast_for
-from lamra.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from lamra.train.train_state import latest_checkpoint, load_checkpoint, save_checkpoint
 from lamra.train.distributed import all_reduce_mean, is_distributed, is_main_process, rank, world_size
 from lamra.train.recipe import Recipe, save_recipe
 from lamra.train.schedule import (

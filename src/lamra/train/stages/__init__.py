@@ -4,7 +4,7 @@ stage's result goes.
 Run layout (``recipe.run_dir``)::
 
     recipe.yaml              the recipe as run
-    checkpoint-{step}/       resumable training state (lamra.train.checkpoint)
+    checkpoint-{step}/       resumable training state (lamra.train.train_state)
     losses.jsonl             {"step", "loss", "lr", "examples_per_s"} per optimizer step
     final/                   the result: compact -> light format (lamra.json, projector, adapters/);
                              Qwen-VL -> the peft adapter (+ tokenizer)

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from lamra.backbones.base import Backbone
-from lamra.checkpoints import CONFIG_NAME, read_light_config
+from lamra.light_checkpoint import CONFIG_NAME, read_light_config
 from lamra.train.recipe import Recipe
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -53,7 +53,7 @@ def load_training_backbone(recipe: Recipe, role: str = "retrieval") -> Backbone:
 
 def _load_compact(recipe: Recipe, role: str) -> Backbone:
     from lamra.backbones.compact import CompactBackbone
-    from lamra.checkpoints import load_light_compact
+    from lamra.light_checkpoint import load_light_compact
 
     grid = image_grid_for(recipe)
     source = recipe.init_from or recipe.model
@@ -118,7 +118,7 @@ def load_retriever(path: str | os.PathLike, base: str | None = None) -> Backbone
     """A trained LamRA-Ret for mining: a light compact dir, a Qwen adapter dir, or full weights."""
     path = Path(path)
     if is_light(path):
-        from lamra.checkpoints import load_light_compact
+        from lamra.light_checkpoint import load_light_compact
 
         return load_light_compact(path, role="retrieval")
     if not path.exists():

@@ -118,7 +118,6 @@ def _stage_step(recipe: Recipe, backbone):
             from lamra.train.stages.models import StageSetupError
 
             raise StageSetupError(f"recipe {recipe.name!r} (rank) needs `rerank_data` (lamra train mine)")
-        samples = rerank.RerankSamples(data, rerank.read_mined(recipe.rerank_data), recipe)
-        samples.backbone = backbone
+        samples = rerank.RerankSamples(data, rerank.read_mined(recipe.rerank_data), recipe, backbone)
         return rerank.next_token_step_fn(backbone, recipe, samples.sample), len(samples), "sum", None
     raise ValueError(f"unknown stage {recipe.stage!r}")

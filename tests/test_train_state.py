@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from lamra.train.checkpoint import (
+from lamra.train.train_state import (
     latest_checkpoint,
     list_checkpoints,
     load_checkpoint,
@@ -98,7 +98,7 @@ TOY_RUN = textwrap.dedent(
     import json, random, sys, time
     from pathlib import Path
     import numpy as np, torch
-    from lamra.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+    from lamra.train.train_state import latest_checkpoint, load_checkpoint, save_checkpoint
     from lamra.train.gradcache import GradCache
     from lamra.train.schedule import BatchOrder, cosine_with_warmup
 
