@@ -18,7 +18,8 @@ import pytest
 from lamra import LamRA
 from lamra.collection import read_collection
 from lamra.demo import DEMO_DIR
-from lamra.serve.app import create_app, embed_collection
+from lamra.collection import embed_collection
+from lamra.serve.app import create_app
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 # Collects uncaught errors and rejected promises from the moment the page starts loading.

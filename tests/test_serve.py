@@ -11,7 +11,8 @@ from fastapi.testclient import TestClient
 from lamra import LamRA
 from lamra.collection import read_collection
 from lamra.demo import DEMO_DIR
-from lamra.serve.app import create_app, embed_collection
+from lamra.collection import embed_collection
+from lamra.serve.app import create_app
 
 
 @pytest.fixture(scope="module")

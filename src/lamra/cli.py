@@ -73,30 +73,20 @@ def search(
     precision: PrecisionOption = "auto",
 ) -> None:
     """Search a jsonl collection with text or image queries and print the ranked hits."""
-    from lamra.collection import read_collection, record_id
+    from lamra.collection import embed_collection, read_collection, record_id
     from lamra.items import check_top_k
 
     check_top_k(top_k, "--top-k")
     records = read_collection(collection)
-    root = image_root or collection.parent
     lamra = load_model(model, precision)
+    embedded = embed_collection(lamra, records, image_root or collection.parent)
     parsed = [Path(q[1:]) if q.startswith("@") else q for q in queries]
-    candidates = [{"txt": r.get("txt") or "", "img_path": r.get("img_path")} for r in records]
-    corpus_vectors = lamra.encode(candidates, image_root=root, show_progress=True, role="document")
-    query_vectors = lamra.encode(parsed, instruction=instruction)
-    for query, vector in zip(queries, query_vectors, strict=True):
-        scores = corpus_vectors @ vector
-        order = scores.argsort()[::-1][:top_k]
-        if rerank:
-            hits = lamra.rerank(parsed[queries.index(query)], [candidates[i] for i in order],
-                                retrieval_scores=scores[order], mode=rerank, image_root=root, ids=list(order))
-            order, shown = [h.id for h in hits], [h.score for h in hits]
-        else:
-            shown = scores[order]
+    results = embedded.search(lamra, parsed, instruction=instruction, top_k=top_k, rerank=rerank, rerank_top_k=top_k)
+    for query, hits in zip(queries, results, strict=True):
         typer.echo(f"\n{query}")
-        for rank, (i, score) in enumerate(zip(order, shown, strict=True), start=1):
-            record = records[i]
-            typer.echo(f"  {rank}. {record_id(record, i)}  {score:.3f}  {record.get('txt') or ''} {record.get('img_path') or ''}")
+        for rank, hit in enumerate(hits, start=1):
+            record = records[hit.id]
+            typer.echo(f"  {rank}. {record_id(record, hit.id)}  {hit.score:.3f}  {record.get('txt') or ''} {record.get('img_path') or ''}")
 
 
 @app.command()
@@ -118,7 +108,8 @@ def serve(
     from lamra.collection import read_collection
     from lamra.demo import DEMO_DIR
     from lamra.items import InputError
-    from lamra.serve.app import ServerLimits, create_app, embed_collection
+    from lamra.collection import embed_collection
+    from lamra.serve.app import ServerLimits, create_app
 
     limits = ServerLimits(int(max_body_mb * 1024 * 1024), max_encode_items, max_top_k, max_image_pixels)
     if min(limits.max_body_bytes, max_encode_items, max_top_k, max_image_pixels) <= 0:

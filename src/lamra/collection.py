@@ -6,7 +6,10 @@ M-BEIR candidate pools are such files too (their ``did`` is the id). Errors name
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from lamra.data.mbeir import json_lines
 from lamra.items import InputError
@@ -31,3 +34,32 @@ def read_collection(path: str | os.PathLike) -> list[dict]:
 
 def record_id(record: dict, position: int) -> str:
     return str(record.get("did") or record.get("id") or position)
+
+
+def record_item(record: dict) -> dict:
+    """What the model reads of a record: its text and image path."""
+    return {"txt": record.get("txt") or "", "img_path": record.get("img_path")}
+
+
+@dataclass
+class EmbeddedCollection:
+    """A collection encoded once (``role="document"``), searched many times (``LamRA.search``)."""
+
+    records: list[dict]
+    image_root: Path
+    vectors: np.ndarray
+
+    @property
+    def items(self) -> list[dict]:
+        return [record_item(record) for record in self.records]
+
+    def search(self, model, queries, **options):
+        return model.search(queries, corpus=self.items, corpus_embeddings=self.vectors, image_root=self.image_root,
+                            **options)
+
+
+def embed_collection(model, records: list[dict], image_root: str | os.PathLike,
+                     show_progress: bool = True) -> EmbeddedCollection:
+    vectors = model.encode([record_item(r) for r in records], image_root=image_root, show_progress=show_progress,
+                           role="document")
+    return EmbeddedCollection(records, Path(image_root), vectors)

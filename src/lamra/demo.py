@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from importlib import resources
 from pathlib import Path
+
+from lamra.collection import embed_collection, read_collection
 
 DEMO_DIR = Path(str(resources.files("lamra") / "assets" / "demo"))
 TEXT_QUERY = "a cheesy slice of Italian food"
@@ -12,26 +13,23 @@ IMAGE_QUERY = "twitter-1f431.png"  # the cat face as Twitter draws it; the colle
 
 
 def load_collection() -> list[dict]:
-    with open(DEMO_DIR / "collection.jsonl") as lines:
-        return [json.loads(line) for line in lines]
+    return read_collection(DEMO_DIR / "collection.jsonl")
 
 
 def run_demo(model, top_k: int = 3, echo=print) -> dict[str, list]:
     """Search the collection with one text and one image query; returns and prints the hits."""
     collection = load_collection()
-    corpus = [DEMO_DIR / record["img_path"] for record in collection]
     queries = {
         f"text:  {TEXT_QUERY!r}": (TEXT_QUERY, "Retrieve the image that matches the description."),
         f"image: {IMAGE_QUERY}": (DEMO_DIR / IMAGE_QUERY, "Find the same emoji drawn in another style."),
     }
-    corpus_vectors = model.encode(corpus, batch_size=16, show_progress=True)
+    embedded = embed_collection(model, collection, DEMO_DIR)
     results = {}
     for title, (query, instruction) in queries.items():
-        query_vector = model.encode([query], instruction=instruction)[0]
-        scores = corpus_vectors @ query_vector
-        ranked = scores.argsort()[::-1][:top_k]
-        results[title] = [(collection[i]["label"], float(scores[i])) for i in ranked]
+        hits = embedded.search(model, [query], instruction=instruction, top_k=top_k)[0]
+        results[title] = [(collection[h.id]["label"], h.score) for h in hits]
         echo(f"\n{title}")
-        for rank, i in enumerate(ranked, start=1):
-            echo(f"  {rank}. {collection[i]['label']:<16} {scores[i]:.3f}  ({collection[i]['img_path']})")
+        for rank, hit in enumerate(hits, start=1):
+            record = collection[hit.id]
+            echo(f"  {rank}. {record['label']:<16} {hit.score:.3f}  ({record['img_path']})")
     return results

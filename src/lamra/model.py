@@ -160,7 +160,9 @@ class LamRA:
         queries: Sequence[Any],
         corpus: Sequence[Any] | None = None,
         *,
+        corpus_embeddings: np.ndarray | None = None,
         index=None,
+        image_root: str | os.PathLike | None = None,
         top_k: int = 10,
         instruction: str | None = None,
         rerank: str | None = None,
@@ -170,8 +172,11 @@ class LamRA:
         show_progress: bool = False,
     ) -> list[list[Hit]]:
         """Top-k hits for each query, from an in-memory ``corpus`` or a saved ``index``
-        (:class:`lamra.index.VectorIndex`). ``rerank`` (one of ``RERANK_MODES``) reranks the first
-        ``rerank_top_k`` hits and sorts them by retrieval + ``rerank_weight`` * rerank score."""
+        (:class:`lamra.index.VectorIndex`, or a ``ShardedIndex``). ``corpus_embeddings``: the
+        corpus already encoded (``encode(corpus, role="document")``), so a collection searched
+        many times is encoded once. ``image_root``: where relative image paths of the corpus are.
+        ``rerank`` (one of ``RERANK_MODES``) reranks the first ``rerank_top_k`` hits and sorts
+        them by retrieval + ``rerank_weight`` * rerank score. Equal scores keep corpus order."""
         if (corpus is None) == (index is None):
             raise InputError("search needs exactly one of corpus= or index=")
         check_top_k(top_k)
@@ -179,10 +184,13 @@ class LamRA:
             check_top_k(rerank_top_k, "rerank_top_k")
         query_vectors = self.encode(queries, instruction=instruction, batch_size=batch_size, show_progress=show_progress)
         if index is None:
-            if rerank and corpus is None:
-                raise InputError("reranking needs the corpus items")
-            corpus_vectors = self.encode(corpus, batch_size=batch_size, show_progress=show_progress, role="document")
-            scores = query_vectors @ corpus_vectors.T
+            corpus_vectors = corpus_embeddings
+            if corpus_vectors is None:
+                corpus_vectors = self.encode(corpus, batch_size=batch_size, show_progress=show_progress,
+                                             image_root=image_root, role="document")
+            elif len(corpus_vectors) != len(corpus):
+                raise InputError(f"{len(corpus_vectors)} corpus embeddings for {len(corpus)} corpus items")
+            scores = query_vectors @ np.asarray(corpus_vectors).T
             k = min(top_k, len(corpus))
             top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
             results = [
@@ -199,9 +207,10 @@ class LamRA:
                 head = hits[:rerank_top_k]
                 if head and head[0].item is None:
                     raise InputError("reranking hits from an index needs their items; use rerank()")
+                # the query's images are the caller's (read like encode read them), not the corpus's
                 hits[: len(head)] = self.rerank(
-                    query, [h.item for h in head], retrieval_scores=[h.score for h in head],
-                    mode=rerank, weight=rerank_weight, ids=[h.id for h in head],
+                    to_segments(query), [h.item for h in head], retrieval_scores=[h.score for h in head],
+                    mode=rerank, weight=rerank_weight, ids=[h.id for h in head], image_root=image_root,
                 )
         return results
 

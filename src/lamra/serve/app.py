@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from lamra.collection import record_id
+from lamra.collection import EmbeddedCollection, record_id
 from lamra.items import MAX_IMAGE_PIXELS, InputError, check_image_size, load_image
 
 MAX_TOP_K = 100
@@ -80,23 +80,6 @@ class BodySizeLimit:
         await send({"type": "http.response.body", "body": body})
 
 
-@dataclass
-class Collection:
-    records: list[dict]
-    image_root: Path
-    vectors: np.ndarray
-
-    def item(self, n: int) -> dict:
-        record = self.records[n]
-        return {"txt": record.get("txt") or "", "img_path": record.get("img_path")}
-
-
-def embed_collection(model, records: list[dict], image_root: Path, show_progress: bool = True) -> Collection:
-    items = [{"txt": r.get("txt") or "", "img_path": r.get("img_path")} for r in records]
-    vectors = model.encode(items, image_root=image_root, show_progress=show_progress, role="document")
-    return Collection(records, image_root, vectors)
-
-
 def decode_image(data: Any, what: str, max_pixels: int | None = None) -> Image.Image:
     if not isinstance(data, str):
         raise InputError(f"{what}: 'image' must be a base64 string, got {type(data).__name__}")
@@ -139,7 +122,7 @@ def optional_string(body: dict, key: str) -> str | None:
     return value or None
 
 
-def create_app(model, collection: Collection, limits: ServerLimits = ServerLimits()):
+def create_app(model, collection: EmbeddedCollection, limits: ServerLimits = ServerLimits()):
     from fastapi import FastAPI, HTTPException
     from fastapi.responses import FileResponse, HTMLResponse
 
@@ -187,16 +170,9 @@ def create_app(model, collection: Collection, limits: ServerLimits = ServerLimit
             if mode and model.reranker is None:
                 raise InputError("this server's model has no reranker")
             query = request_item(body, "query", limits.max_image_pixels)
-            vector = model.encode([query], instruction=optional_string(body, "instruction"))[0]
-            scores = collection.vectors @ vector
-            order = [int(i) for i in np.argsort(-scores, kind="stable")[:top_k]]
-            if mode:
-                hits = model.rerank(query, [collection.item(i) for i in order], retrieval_scores=scores[order],
-                                    mode=mode, ids=order, image_root=collection.image_root,
-                                    weight=float(weight))
-                ranked = [(h.id, h.score) for h in hits]
-            else:
-                ranked = [(i, float(scores[i])) for i in order]
+            hits = collection.search(model, [query], instruction=optional_string(body, "instruction"), top_k=top_k,
+                                     rerank=mode, rerank_top_k=top_k, rerank_weight=float(weight))[0]
+            ranked = [(int(h.id), h.score) for h in hits]
         except InputError as error:
             raise bad_input(error) from None
         return {"hits": [
