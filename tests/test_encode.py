@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from lamra import LamRA
+from lamra.items import InputError
 from lamra.backbones.qwen_vl import QwenVLBackbone
 from lamra.prompts import embedding_messages
 from lamra.retriever import embed_conversations
@@ -204,3 +205,18 @@ def test_the_converted_tokenizer_has_smollm2s_special_tokens(compact_backbone):
     tokenizer = compact_backbone.tokenizer
     assert (tokenizer.pad_token, tokenizer.eos_token, tokenizer.bos_token) == ("<|im_end|>", "<|im_end|>", "<|im_start|>")
     assert tokenizer.pad_token_id == tokenizer.convert_tokens_to_ids("<|im_end|>")
+
+
+def test_search_over_precomputed_corpus_embeddings_equals_encoding_the_corpus(compact_model, images, tmp_path):
+    from lamra.collection import embed_collection
+
+    images[0].save(tmp_path / "photo.png")
+    records = [{"txt": "a red square"}, {"img_path": "photo.png"}, {"txt": "a blue circle"}, {"txt": "a red square"}]
+    embedded = embed_collection(compact_model, records, tmp_path, show_progress=False)
+    fresh = compact_model.search(["red square"], corpus=embedded.items, image_root=tmp_path, top_k=4)[0]
+    reused = embedded.search(compact_model, ["red square"], top_k=4)[0]
+    assert [h.id for h in reused] == [h.id for h in fresh]
+    assert [h.score for h in reused] == pytest.approx([h.score for h in fresh], abs=1e-5)
+    assert [h.id for h in reused].index(0) < [h.id for h in reused].index(3)  # equal scores: corpus order
+    with pytest.raises(InputError, match="3 corpus embeddings for 4"):
+        compact_model.search(["x"], corpus=embedded.items, corpus_embeddings=embedded.vectors[:3])
