@@ -39,9 +39,11 @@ stage stage0 compact-stage0
 stage stage1 "$S1"
 [[ -d "runs/$S1/merged" ]] || "$LAMRA" train merge --recipe "recipes/$S1.yaml"
 stage stage2 "$S2"
-[[ -f runs/compact-stage2/mined_top100.jsonl ]] || timed mining "$LAMRA" train mine --recipe recipes/compact-rank.yaml --retriever "runs/$S2/final"
-stage rank compact-rank
+MINED="runs/$S2/mined_local_top100.jsonl"  # the rank recipe's mining, by this profile's retriever
+[[ -f "$MINED" ]] || timed mining "$LAMRA" train mine --recipe recipes/compact-rank.yaml --retriever "runs/$S2/final" --out "$MINED"
+[[ -f runs/compact-rank/final/lamra.json ]] || "$LAMRA" train rank --recipe recipes/compact-rank.yaml --set "rerank_data=$MINED"
 .venv/bin/python -m lamra.train.package "runs/$S2/final" runs/compact-rank/final src/lamra/weights/compact
 .venv/bin/python scripts/evaluate_pocketbeir.py all
+.venv/bin/python scripts/evaluate_rerank.py all
 .venv/bin/python -m lamra.train.report --runs runs --timings "$TIMINGS" --eval results/stages.md --out docs/training \
     --diagnose "${LAMRA_HOME:-$HOME/.cache/lamra}/pocketbeir" --notes docs/training/notes.md --profile "$PROFILE"
