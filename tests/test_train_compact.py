@@ -170,7 +170,9 @@ def test_local_mining_ranks_each_query_within_its_positives_datasets(chain, tmp_
     for qid, record in local.items():
         datasets = {did.split(":")[0] for did in record["gt_docs"]}
         datasets_seen |= datasets
-        expected = [did for did in whole[qid]["top_docs"] if did.split(":")[0] in datasets]
-        assert record["top_docs"] == expected and expected  # the global order, other datasets left out
-        assert len(record["scores"]) == len(expected)
+        kept = [(did, score) for did, score in zip(whole[qid]["top_docs"], whole[qid]["scores"])
+                if did.split(":")[0] in datasets]
+        assert kept and set(record["top_docs"]) == {did for did, _ in kept}  # other datasets left out
+        # the global order (equal vectors, the same text in two datasets, may swap places)
+        assert record["scores"] == pytest.approx([score for _, score in kept], abs=1e-5)
     assert len(datasets_seen) > 1 and any(len(r["top_docs"]) < everything for r in local.values())
