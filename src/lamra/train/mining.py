@@ -108,7 +108,8 @@ def mine(
         torch.save({"key": key, "vectors": pool_vectors}, temp)
         os.replace(temp, pool_file)
 
-    dataset_of = [did.split(":", 1)[0] for did in dids]
+    datasets = sorted({did.split(":", 1)[0] for did in dids})  # once: the pool's column of each candidate
+    column = torch.tensor([datasets.index(did.split(":", 1)[0]) for did in dids])
     done = _done_qids(partial)
     todo = [q for q in queries if q.qid not in done]
     k = min(top_k, len(dids))
@@ -126,7 +127,7 @@ def mine(
                                        image_root=data.image_root, convert_to_numpy=False)
             similarity = vectors @ pool_vectors.T
             if local:
-                similarity = similarity.masked_fill(~_local_mask(chunk, dataset_of), float("-inf"))
+                similarity = similarity.masked_fill(~_local_mask(chunk, datasets, column), float("-inf"))
             scores, top = similarity.topk(k, dim=1)
             for query, row_scores, row_top in zip(chunk, scores.tolist(), top.tolist(), strict=True):
                 kept = [(i, s) for i, s in zip(row_top, row_scores) if s != float("-inf")]
@@ -162,10 +163,9 @@ def _vectors_from_index(directory, dids: list[str], data: MBEIRTrainData, retrie
     return vectors
 
 
-def _local_mask(queries, dataset_of: list[str]) -> torch.Tensor:
-    """(queries, pool) True where the candidate is in a dataset of the query's positives."""
-    datasets = sorted(set(dataset_of))
-    column = torch.tensor([datasets.index(d) for d in dataset_of])
+def _local_mask(queries, datasets: list[str], column: torch.Tensor) -> torch.Tensor:
+    """(queries, pool) True where the candidate (``column``: its dataset's place in ``datasets``) is
+    in a dataset of the query's positives."""
     allowed = torch.zeros(len(queries), len(datasets), dtype=torch.bool)
     for row, query in enumerate(queries):
         for did in query.pos_cand_list:
