@@ -71,6 +71,9 @@ def test_unknown_keys_and_bad_values_name_the_key_and_file(tmp_path):
         ("stage: stage2\nmixed_batch_ratio: 0.5\n", "needs batch_by_task"),
         ("stage: stage2\nbatch_by_task: true\nmixed_batch_ratio: 2\n", "mixed_batch_ratio must be in"),
         ("stage: stage1\ndevice: gpu\n", "device must be auto, cpu, cuda"),
+        ("stage: stage2\nmined_negatives: m.jsonl\n", "mined_negatives is for stage2 with hard_negatives"),
+        ("stage: stage2\nhard_negatives: 1\nmined_negatives: [1, 2]\n", "mined_negatives must be .*a list of strings"),
+        ("stage: stage2\nadapter_name: ../stage2\n", "adapter_name must be a plain folder name"),
         ("- just\n- a list\n", "mapping"),
         ("stage: [unclosed\n", "not valid YAML"),
     ]:
@@ -89,6 +92,8 @@ def test_values_are_normalised(tmp_path, monkeypatch):
     assert recipe.lr == 2e-4 and isinstance(recipe.lr, float)  # YAML 1.1 reads 2e-4 as a string
     assert isinstance(recipe.epochs, float)
     assert recipe.train_data == str(tmp_path / "home" / "q.jsonl")
+    several = recipe_from_dict({"stage": 2, "hard_negatives": 1, "mined_negatives": ["$LAMRA_HOME/a.jsonl", "b.jsonl"]})
+    assert several.mined_negatives == [str(tmp_path / "home" / "a.jsonl"), "b.jsonl"]
     assert recipe_from_dict({"stage": "rank", "model": "Qwen/Qwen2-VL-7B-Instruct"}).model == "Qwen/Qwen2-VL-7B-Instruct"
 
 

@@ -41,6 +41,11 @@ def chain(tmp_path_factory):
     rr = load_recipe("smoke-rank", overrides(data, runs, "rank", **{**SMALL, "batch_size": 3, "chunk_size": 3},
                                              max_steps=2, init_from=stage0, rerank_data=str(mined)))
     out["rank"] = run_stage(rr, show_progress=False)
+    # stage 2 again on top of stage 2 (its own adapter name), with hard negatives from the mined file
+    r2b = load_recipe("smoke-stage2", overrides(data, runs, "stage2", **SMALL, max_steps=1, name="smoke-stage2b",
+                                                init_from=str(out["stage2"].final_dir), adapter_name="stage2-hardneg",
+                                                hard_negatives=1, mined_negatives=str(mined)))
+    out["stage2b"] = run_stage(r2b, show_progress=False)
     return out
 
 
@@ -63,7 +68,9 @@ def test_light_checkpoints_list_adapters_in_order(chain):
     assert read_light_config(chain["merged1"])["retrieval_adapters"] == ["adapters/stage1"]
     rank = read_light_config(chain["rank"].final_dir)
     assert rank["rank_adapter"] == "adapters/rank" and rank["retrieval_adapters"] == []
-    assert all(torch.isfinite(torch.tensor(chain[k].losses)).all() for k in ("stage2", "rank"))
+    assert all(torch.isfinite(torch.tensor(chain[k].losses)).all() for k in ("stage2", "rank", "stage2b"))
+    again = read_light_config(chain["stage2b"].final_dir)["retrieval_adapters"]
+    assert again == ["adapters/stage1", "adapters/stage2", "adapters/stage2-hardneg"]
 
 
 def test_stage2_trains_the_projector_and_packaging_keeps_one_per_role(chain, tmp_path):

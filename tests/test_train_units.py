@@ -67,6 +67,28 @@ def test_stage2_examples_are_seeded_and_official(data):
     assert query_text.endswith(".") and all(len(e[2]) == 2 for e in first)
 
 
+def test_stage2_hard_negatives_come_from_the_mined_files(data, tmp_path):
+    from lamra.train.retrieval import read_mined_negatives, stage2_example
+    from lamra.train.stages.mbeir_data import MBEIRTrainData
+
+    recipe = load_recipe("smoke-stage2", overrides(data, data_path(data), "stage2"))
+    train = MBEIRTrainData.from_recipe(recipe)
+    query = train.queries[0]
+    others = [did for did in train.pool if did not in query.pos_cand_list and did not in query.neg_cand_list]
+    files = []
+    for name, top in (("local", [query.pos_cand_list[0], others[0], others[1]]), ("global", [others[2], others[3]])):
+        files.append(tmp_path / f"{name}.jsonl")
+        files[-1].write_text(json.dumps({"qid": query.qid, "gt_docs": query.pos_cand_list, "top_docs": top}) + "\n")
+    recipe = load_recipe("smoke-stage2", overrides(data, data_path(data), "stage2", hard_negatives=1,
+                                                    mined_negatives=[str(f) for f in files], mined_negative_depth=2))
+    mined = read_mined_negatives(recipe)
+    assert mined == {query.qid: [query.pos_cand_list[0], others[0], others[2], others[3]]}  # 2 from each file
+    offered = set(query.neg_cand_list) | {others[0], others[2], others[3]}  # the positive never
+    drawn = {tuple(_texts(stage2_example(train, 0, epoch, 1, 0.0, mined))[2][0]) for epoch in range(40)}
+    expected = {tuple(_texts(([], [], [train.cand_segments(did)]))[2][0]) for did in offered}
+    assert drawn == expected
+
+
 def test_rank_samples(data, compact_backbone, tmp_path):
     from lamra.train.rerank import RerankSamples
     from lamra.train.stages.mbeir_data import MBEIRTrainData

@@ -2,7 +2,7 @@
 
 ``final/`` (written when a stage finishes):
   compact   the light format: ``projector.safetensors``, the adapters the run started from (copied
-            from ``init_from``) and this run's adapter under ``adapters/{stage}``, listed in
+            from ``init_from``) and this run's adapter under ``adapters/{adapter_name or stage}``, listed in
             ``lamra.json`` (``retrieval_adapters`` in folding order; the rank stage's adapter as
             ``rank_adapter``). Stage 0 writes the projector only.
   Qwen-VL   the peft adapter (``adapter_config.json`` + ``adapter_model.safetensors``), tokenizer beside;
@@ -72,9 +72,10 @@ def _write_light(recipe: Recipe, backbone: Backbone, out: Path) -> None:
     save_projector(backbone, out / PROJECTOR_FILE)
     rank_adapter = None
     if recipe.stage != "stage0":
-        name = f"adapters/{recipe.stage}"
+        name = f"adapters/{recipe.adapter_name or recipe.stage}"
         if name in adapters:
-            raise StageSetupError(f"{recipe.init_from} already holds {name}: start {recipe.stage} from an earlier stage")
+            raise StageSetupError(f"{recipe.init_from} already holds {name}: start {recipe.stage} from an "
+                                  "earlier stage, or give this run its own `adapter_name`")
         backbone.model.save_pretrained(out / name)
         if recipe.stage == "rank":
             rank_adapter = name

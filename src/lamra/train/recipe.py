@@ -37,6 +37,7 @@ class Recipe:
     backbone: str = "compact"  # compact | qwen2-vl | qwen2.5-vl
     model: str | None = None  # weights: hub name or local dir; None = the backbone's default
     init_from: str | None = None  # merged or adapter weights to start from (stage 2: stage 1's)
+    adapter_name: str | None = None  # compact: this run's folder under adapters/ (default: the stage)
     output_dir: str = "runs/{name}"  # run dir: checkpoints, logs, final adapter; {name} = recipe name
     name: str = ""  # defaults to the file name without .yaml
 
@@ -68,6 +69,8 @@ class Recipe:
     # Loss.
     temperature: float = 0.05
     hard_negatives: int = 0  # hard negatives per query as extra columns (0 = in-batch only)
+    mined_negatives: str | list[str] | None = None  # stage 2: `lamra train mine` file(s): hard negatives
+    mined_negative_depth: int = 20  # ... also drawn from each file's first N candidates per query
     symmetric_loss: bool = False  # also candidate -> query (CLIP style); official: false
 
     # Compact recipes (the Qwen recipes keep the paper's settings: all of these off).
@@ -107,7 +110,9 @@ class Recipe:
 
 
 # Keys holding paths: `~` and environment variables are expanded when the recipe is loaded.
-PATH_FIELDS = ("model", "init_from", "output_dir", "train_data", "cand_pool", "instructions", "rerank_data")
+PATH_FIELDS = (
+    "model", "init_from", "output_dir", "train_data", "cand_pool", "instructions", "rerank_data", "mined_negatives",
+)
 
 
 def expand_path(value: str) -> str:
@@ -158,6 +163,8 @@ def recipe_from_dict(values: dict[str, Any], source: str = "<recipe>") -> Recipe
     for key in PATH_FIELDS:  # a hub name such as "Qwen/Qwen2-VL-7B-Instruct" passes unchanged
         if isinstance(checked.get(key), str):
             checked[key] = expand_path(checked[key])
+        elif isinstance(checked.get(key), list):
+            checked[key] = [expand_path(value) for value in checked[key]]
     recipe = Recipe(**checked)
     _check_recipe(recipe, source)
     return recipe
@@ -201,11 +208,14 @@ def _check_value(key: str, value: Any, annotation: Any, source: str) -> Any:
                     pass
         if kind is str and isinstance(value, str):
             return value
+        if kind == list[str] and isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+            return value
     return _bad(key, value, allowed, source)
 
 
 def _bad(key: str, value: Any, allowed: tuple, source: str) -> Any:
-    words = {bool: "true/false", int: "an integer", float: "a number", str: "a string", type(None): "null"}
+    words = {bool: "true/false", int: "an integer", float: "a number", str: "a string", type(None): "null",
+             list[str]: "a list of strings"}
     names = " or ".join(words[kind] for kind in allowed)
     raise RecipeError(f"{source}: {key} must be {names}, got {value!r}")
 
@@ -246,5 +256,11 @@ def _check_recipe(recipe: Recipe, source: str) -> None:
         fail("train_projector and global_image_token exist only for the compact backbone")
     if recipe.hard_negatives < 0:
         fail(f"hard_negatives must be >= 0, got {recipe.hard_negatives}")
+    if recipe.mined_negatives and (recipe.stage != "stage2" or not recipe.hard_negatives):
+        fail("mined_negatives is for stage2 with hard_negatives > 0")
+    if recipe.mined_negative_depth <= 0:
+        fail(f"mined_negative_depth must be positive, got {recipe.mined_negative_depth}")
+    if recipe.adapter_name is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", recipe.adapter_name):
+        fail(f"adapter_name must be a plain folder name, got {recipe.adapter_name!r}")
     if not 2 <= recipe.listwise_min_candidates <= recipe.listwise_max_candidates:
         fail("need 2 <= listwise_min_candidates <= listwise_max_candidates")

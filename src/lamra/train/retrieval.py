@@ -10,8 +10,9 @@ Examples are ``(query segments, candidate segments, [hard-negative segments, ...
 - stage 2: per query, a positive drawn from ``pos_cand_list`` and an instruction drawn from its
   (dataset id, query modality, positive's modality) row, both with a generator seeded by
   (seed, epoch, qid); the query text is ``format_mbeir_text(f"{instruction} {query_txt}")``;
-  hard negatives drawn from ``neg_cand_list`` (topped up with random pool candidates) when
-  ``hard_negatives > 0``.
+  hard negatives drawn from ``neg_cand_list`` and, with ``mined_negatives``, the query's first
+  ``mined_negative_depth`` mined candidates (ANCE-style: the retriever's own near misses), topped
+  up with random pool candidates, when ``hard_negatives > 0``.
 """
 
 from __future__ import annotations
@@ -37,6 +38,22 @@ Example = tuple[list[Segment], list[Segment], list[list[Segment]]]
 TEMPLATE_TOKENS = 32
 
 
+def read_mined_negatives(recipe: Recipe) -> dict[str, list[str]] | None:
+    """qid -> the first ``mined_negative_depth`` candidates of each mined file, in file order (None
+    without ``mined_negatives``). Several files: e.g. one mined in the local pools (the right modality,
+    near misses of content) and one in the global pool (the wrong modality ranked too high)."""
+    if not recipe.mined_negatives:
+        return None
+    from lamra.train.rerank import read_mined
+
+    files = [recipe.mined_negatives] if isinstance(recipe.mined_negatives, str) else recipe.mined_negatives
+    negatives: dict[str, list[str]] = {}
+    for path in files:
+        for qid, record in read_mined(path).items():
+            negatives.setdefault(qid, []).extend(record["top_docs"][: recipe.mined_negative_depth])
+    return negatives
+
+
 def read_text_pairs(recipe: Recipe) -> list[Example]:
     if not recipe.train_data:
         raise StageSetupError(f"recipe {recipe.name!r} (stage1) needs `train_data` (the text-pair csv)")
@@ -53,8 +70,14 @@ def read_text_pairs(recipe: Recipe) -> list[Example]:
 
 
 def stage2_example(
-    data: MBEIRTrainData, index: int, epoch: int, hard_negatives: int = 0, no_instruction_ratio: float = 0.0
+    data: MBEIRTrainData,
+    index: int,
+    epoch: int,
+    hard_negatives: int = 0,
+    no_instruction_ratio: float = 0.0,
+    mined: dict[str, list[str]] | None = None,
 ) -> Example:
+    """``mined``: qid -> the candidates a retriever ranked first for it (extra hard negatives)."""
     query = data.queries[index]
     rng = data.rng_for(query, epoch, "stage2")
     positive = rng.choice(data.positives(query))
@@ -64,7 +87,8 @@ def stage2_example(
         instruction = None
     negatives: list[list[Segment]] = []
     if hard_negatives:
-        listed = [did for did in query.neg_cand_list if did in data.pool and did not in query.pos_cand_list]
+        offered = dict.fromkeys([*query.neg_cand_list, *(mined or {}).get(query.qid, [])])  # ordered, unique
+        listed = [did for did in offered if did in data.pool and did not in query.pos_cand_list]
         chosen = rng.sample(listed, min(hard_negatives, len(listed)))
         pool_ids = list(data.pool)
         while len(chosen) < hard_negatives:  # top up so every query has the same number of columns

@@ -99,9 +99,12 @@ def _stage_step(recipe: Recipe, backbone):
     if recipe.stage == "stage2":
         data = MBEIRTrainData.from_recipe(recipe)
         warm_vision_features(backbone, recipe, data)
+        mined = retrieval.read_mined_negatives(recipe)
 
         def example(index: int, epoch: int):
-            return retrieval.stage2_example(data, index, epoch, recipe.hard_negatives, recipe.no_instruction_ratio)
+            return retrieval.stage2_example(
+                data, index, epoch, recipe.hard_negatives, recipe.no_instruction_ratio, mined
+            )
 
         order = None
         if recipe.batch_by_task:
