@@ -27,7 +27,7 @@ import torch
 
 from lamra.assets import lamra_home
 from lamra.cli import load_model
-from lamra.evaluate.runner import index_pool
+from lamra.index_pool import index_pool
 from lamra.index_ray import ray_index_pool
 
 

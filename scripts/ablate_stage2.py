@@ -23,7 +23,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from lamra.assets import lamra_home
 from lamra.data.subset import subset_mbeir
-from lamra.evaluate.runner import evaluate_mbeir, load_results, write_report
+from lamra.evaluate.report import load_results, write_report
+from lamra.evaluate.runner import evaluate_mbeir
 from lamra.evaluate.tables import results_page, write_markdown
 from lamra.train.recipe import load_recipe
 from lamra.train.stages import run_stage

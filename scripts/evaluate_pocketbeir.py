@@ -25,7 +25,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from lamra.assets import lamra_home
 from lamra.light_checkpoint import role_digest
-from lamra.evaluate.runner import evaluate_mbeir, load_results, write_report
+from lamra.evaluate.report import load_results, write_report
+from lamra.evaluate.runner import evaluate_mbeir
 from lamra.evaluate.tables import results_page, write_markdown
 
 COMMAND = ".venv/bin/python scripts/evaluate_pocketbeir.py all"

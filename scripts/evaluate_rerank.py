@@ -32,16 +32,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from lamra.assets import lamra_home
 from lamra.light_checkpoint import role_digest
-from lamra.evaluate.runner import (
-    DEFAULT_WEIGHT_GRID,
-    RerankMethod,
-    evaluate_mbeir,
-    list_tasks,
-    load_results,
-    model_reranker,
-    sweep_rerank_weights,
-    write_report,
-)
+from lamra.evaluate.fusion import DEFAULT_WEIGHT_GRID, RerankMethod, model_reranker, sweep_rerank_weights
+from lamra.evaluate.report import load_results, write_report
+from lamra.evaluate.runner import evaluate_mbeir
+from lamra.evaluate.tasks import list_tasks
 from lamra.evaluate.tables import column_title, markdown_table, results_page, task_columns, write_markdown
 from lamra.data.mbeir import MBEIRDataset
 

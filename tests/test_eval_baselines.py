@@ -7,7 +7,8 @@ import pytest
 
 
 from lamra.evaluate.baselines import MiniLMEncoder  # noqa: E402
-from lamra.evaluate.runner import ModalityNotSupported, evaluate_mbeir  # noqa: E402
+from lamra.evaluate.queries import ModalityNotSupported# noqa: E402
+from lamra.evaluate.runner import evaluate_mbeir
 from eval_helpers import build_toy_mbeir  # noqa: E402
 
 

@@ -9,7 +9,8 @@ from eval_helpers import build_toy_mbeir
 
 from lamra.evaluate.baselines import VisionTowerEncoder
 from lamra.evaluate.diagnostics import embedding_spread, pairwise_cosine_stats, sample_candidates
-from lamra.evaluate.runner import ModalityNotSupported, evaluate_mbeir
+from lamra.evaluate.queries import ModalityNotSupported
+from lamra.evaluate.runner import evaluate_mbeir
 
 
 def test_pairwise_cosine_stats_on_known_vectors():

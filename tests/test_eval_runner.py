@@ -11,15 +11,10 @@ from eval_helpers import CONCEPTS, HashingEncoder, build_toy_mbeir
 
 from lamra.data.mbeir import InstructionRow, write_instructions
 from lamra.evaluate.metrics import evaluate_run, recall_ks_for
-from lamra.evaluate.runner import (
-    RerankMethod,
-    choose_rerank_weights,
-    evaluate_mbeir,
-    load_results,
-    pick_instruction,
-    sweep_rerank_weights,
-    write_report,
-)
+from lamra.evaluate.fusion import RerankMethod, sweep_rerank_weights
+from lamra.evaluate.queries import pick_instruction
+from lamra.evaluate.report import load_results, write_report
+from lamra.evaluate.runner import choose_rerank_weights, evaluate_mbeir
 from lamra.evaluate.tables import results_page, retrieval_table, write_markdown
 from lamra.evaluate.trec import trec_eval_means
 from lamra.index import live_version
@@ -231,7 +226,8 @@ def test_results_page_looks_like_the_papers_tables(report, tmp_path):
 
 
 def test_cli_entry_points_write_index_json_runs_and_page(toy_root, tmp_path):
-    from lamra.evaluate.runner import evaluate_and_write, index_pool
+    from lamra.evaluate.runner import evaluate_and_write
+    from lamra.index_pool import index_pool
     from lamra.index import VectorIndex
 
     pool = toy_root / "cand_pool/local/mbeir_toyname_task0_cand_pool.jsonl"
@@ -253,7 +249,7 @@ def test_cli_entry_points_write_index_json_runs_and_page(toy_root, tmp_path):
 def test_model_reranker_returns_scores_in_candidate_order():
     from types import SimpleNamespace
 
-    from lamra.evaluate.runner import model_reranker
+    from lamra.evaluate.fusion import model_reranker
 
     class FakeLamRA:
         def rerank(self, query, candidates, *, mode, window, ids, image_root):
@@ -270,7 +266,7 @@ def test_model_reranker_returns_scores_in_candidate_order():
 
 def test_queries_per_task_is_a_seeded_sample_in_file_order(toy_root):
     from lamra.data.mbeir import MBEIRDataset
-    from lamra.evaluate.runner import sample_queries
+    from lamra.evaluate.queries import sample_queries
 
     queries = list(MBEIRDataset(toy_root).queries("test", "toyname", 0))
     picked = sample_queries(queries, 2, "0:toyname_task0")

@@ -11,7 +11,7 @@ import ray
 
 from eval_helpers import HashingEncoder, RecordingHashingEncoder, build_toy_mbeir
 
-from lamra.evaluate.runner import index_pool
+from lamra.index_pool import index_pool
 from lamra.index import VectorIndex
 from lamra.index_ray import ray_index_pool
 

@@ -11,7 +11,8 @@ import pytest
 from lamra import LamRA
 from lamra.data.pocketbeir import build_pocketbeir
 from lamra.data.subset import subset_mbeir
-from lamra.evaluate.runner import evaluate_mbeir, model_reranker, RerankMethod
+from lamra.evaluate.fusion import RerankMethod, model_reranker
+from lamra.evaluate.runner import evaluate_mbeir
 from lamra.model import SHIPPED_DIR
 
 # Measured with this test's procedure on the shipped weights (bf16 autocast, CPU): 40 t->i queries

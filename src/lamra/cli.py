@@ -137,7 +137,7 @@ def index(
     """Encode a candidate pool into a FAISS index that loads without the model."""
     import functools
 
-    from lamra.evaluate.runner import index_pool, pool_image_root
+    from lamra.index_pool import index_pool, pool_image_root
     from lamra.items import InputError
 
     try:  # a bad --index fails at the first batch, not after the encoding
@@ -180,7 +180,8 @@ def evaluate(
     """Evaluate on M-BEIR-format data: Recall@K per task, local/global pools, optional reranking."""
     import sys
 
-    from lamra.evaluate.runner import RerankMethod, evaluate_and_write, model_reranker
+    from lamra.evaluate.fusion import RerankMethod, model_reranker
+    from lamra.evaluate.runner import evaluate_and_write
 
     lamra = load_model(model, precision, reranker=reranker)
     name = "LamRA-Ret" if model is None else Path(model).name or str(model)

@@ -47,7 +47,7 @@ class _PoolEncoder:
         self.image_root, self.batch_size, self.done = image_root, batch_size, done
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from lamra.evaluate.runner import candidate_item
+        from lamra.data.mbeir_items import candidate_item
 
         # the driver has checked every line already (read_jsonl), so a line that fails here changed since
         candidates = [candidate_from_dict(json.loads(text)) for text in batch["text"] if text.strip()]

