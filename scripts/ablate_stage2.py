@@ -22,7 +22,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from lamra.assets import lamra_home
-from lamra.data.subset import subset_mbeir
+from lamra.pocketbeir.subset import subset_mbeir
 from lamra.evaluate.report import load_results, write_report
 from lamra.evaluate.runner import evaluate_mbeir
 from lamra.evaluate.tables import results_page, write_markdown

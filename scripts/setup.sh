@@ -33,7 +33,7 @@ if ! { command -v chromium && command -v chromedriver; } >/dev/null 2>&1; then
     if [[ "$(id -u)" == 0 ]]; then
         apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver
     else
-        echo "   not root: install chromium and chromium-driver yourself to run tests/test_page_browser.py"
+        echo "   not root: install chromium and chromium-driver yourself to run tests/serve/test_page_browser.py"
     fi
 fi
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 import pytest
 
 from lamra import LamRA
-from lamra.data.pocketbeir import build_pocketbeir
-from lamra.data.subset import subset_mbeir
+from lamra.pocketbeir.build import build_pocketbeir
+from lamra.pocketbeir.subset import subset_mbeir
 from lamra.evaluate.fusion import RerankMethod, model_reranker
 from lamra.evaluate.runner import evaluate_mbeir
 from lamra.model import SHIPPED_DIR

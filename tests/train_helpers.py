@@ -6,7 +6,7 @@ import csv
 import json
 from pathlib import Path
 
-from lamra.data.pocketbeir import TEXTPAIRS_RELPATH, build_pocketbeir, default_sources_dir
+from lamra.pocketbeir.build import TEXTPAIRS_RELPATH, build_pocketbeir, default_sources_dir
 
 SOURCES = default_sources_dir()
 HAVE_SOURCES = (SOURCES / "emoji-datasource-google" / "emoji.json").is_file() and (SOURCES / "wordnet" / "data.noun").is_file()

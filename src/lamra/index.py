@@ -47,6 +47,7 @@ import faiss
 import numpy as np
 from tqdm.auto import tqdm
 
+from lamra.atomic_io import atomic_write_text
 from lamra.index_types import build_faiss_index, resolve_index_type, set_search_parameters
 
 FORMAT = "lamra-index/1"
@@ -115,7 +116,7 @@ def _refuse_duplicate_ids(ids: Sequence[str]) -> None:
 
 
 def _write_json_atomic(path: Path, value: Any) -> None:
-    _write_text_atomic(path, json.dumps(value, indent=2, ensure_ascii=False) + "\n")
+    atomic_write_text(path, json.dumps(value, indent=2, ensure_ascii=False) + "\n")
 
 
 # --- versions and the CURRENT pointer -------------------------------------------------------------
@@ -156,7 +157,7 @@ def _publish_version(finished: Path, directory: Path) -> None:
     the caller holds the directory's lock."""
     name = f"{VERSION_PREFIX}{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
     os.replace(finished, directory / name)
-    _write_text_atomic(directory / CURRENT, name + "\n")
+    atomic_write_text(directory / CURRENT, name + "\n")
     _remove_leftovers(directory)
 
 
@@ -179,12 +180,6 @@ def clean_index_directory(directory: str | os.PathLike) -> None:
     with _directory_lock(directory, blocking=False) as locked:
         if locked:
             _remove_leftovers(directory)
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 # --- the index -------------------------------------------------------------------------------------

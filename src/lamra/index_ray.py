@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from lamra.atomic_io import atomic_write
 from lamra.data.mbeir import candidate_from_dict, read_jsonl
 from lamra.index import IndexFileError, StaleIndexError, VectorIndex, file_fingerprint, ids_fingerprint, l2_normalise
 from lamra.items import InputError
@@ -147,10 +148,12 @@ def _open_shards(shards: Path, job: dict) -> set[str]:
 
 
 def _write_shard(shards: Path, batch: dict[str, np.ndarray]) -> None:
-    name = f"{SHARD_PREFIX}{uuid.uuid4().hex}.npz"
-    temp = shards / f".{name}.tmp.npz"
-    np.savez(temp, did=batch["did"].astype(str), vector=batch["vector"].astype(np.float32))
-    os.replace(temp, shards / name)  # a kill leaves whole shards or a temp file, never half a shard
+    def save(temp: Path) -> None:
+        with temp.open("wb") as handle:  # a handle: np.savez would add ".npz" to a temp file's name
+            np.savez(handle, did=batch["did"].astype(str), vector=batch["vector"].astype(np.float32))
+
+    # a kill leaves whole shards or a temp file, never half a shard
+    atomic_write(shards / f"{SHARD_PREFIX}{uuid.uuid4().hex}.npz", save)
 
 
 def _merge(shards: Path, dids: list[str], target: Path, **index_options) -> VectorIndex:

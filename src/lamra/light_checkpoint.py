@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from lamra.atomic_io import atomic_write_text
 from lamra.backbones.compact import CompactBackbone
 
 FORMAT_VERSION = 1
@@ -140,7 +141,4 @@ def write_light_config(
         config["roles"] = roles
     if trained_on:
         config["trained_on"] = trained_on  # per role: the hardware of each session of its last stage
-    target = Path(path) / CONFIG_NAME
-    tmp = target.with_suffix(".tmp")
-    tmp.write_text(json.dumps(config, indent=2) + "\n")
-    os.replace(tmp, target)
+    atomic_write_text(Path(path) / CONFIG_NAME, json.dumps(config, indent=2) + "\n")

@@ -79,10 +79,7 @@ class Reranker:
         self.stop_ids = {tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.eos_token_id}
 
     def _cut(self, segments: list[Segment]) -> list[Segment]:
-        return [
-            self.backbone.truncate_text(s, self.max_text_tokens) if isinstance(s, str) else s
-            for s in segments
-        ]
+        return self.backbone.truncate_segments(segments, self.max_text_tokens)
 
     @torch.no_grad()
     def _next_token_logits(self, conversations, assistant_prefix: str = "") -> torch.Tensor:

@@ -117,7 +117,7 @@ class Retriever:
         segments = with_instruction(segments, instruction)
         limit = self.truncation.text_tokens
         if limit is not None:
-            segments = [self.backbone.truncate_text(s, limit) if isinstance(s, str) else s for s in segments]
+            segments = self.backbone.truncate_segments(segments, limit)
         return embedding_messages(segments)
 
     @torch.no_grad()

@@ -145,6 +145,10 @@ class Backbone(ABC):
         ids = self.tokenize(text)
         return text if len(ids) <= max_tokens else self.tokenizer.decode(ids[:max_tokens])
 
+    def truncate_segments(self, segments: list, max_tokens: int) -> list:
+        """Each text segment cut to ``max_tokens`` tokens (``truncate_text``); images pass unchanged."""
+        return [self.truncate_text(s, max_tokens) if isinstance(s, str) else s for s in segments]
+
     # --- model -----------------------------------------------------------------------------------
     @abstractmethod
     def hidden_states(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:

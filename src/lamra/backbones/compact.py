@@ -14,6 +14,7 @@ from PIL import Image
 from transformers import AutoConfig, AutoModel, AutoTokenizer, LlamaForCausalLM
 
 from lamra.assets import efficientnet_lite0_weights, smollm2_dir
+from lamra.atomic_io import atomic_write
 from lamra.backbones.base import Backbone, Messages, cut_sequence, pad_sequences, render_chatml
 from lamra.backbones.compact_modeling import (
     CompactLMMConfig,
@@ -67,11 +68,8 @@ class VisionFeatureCache:
         self._unsaved.clear()
         if self._folder is None or not keys:
             return None
-        shard = self._folder / f"{uuid.uuid4().hex}.safetensors"
-        temp = shard.with_suffix(".tmp")
-        save_file({k: self._store[k].contiguous() for k in keys}, str(temp))
-        os.replace(temp, shard)
-        return shard
+        tensors = {k: self._store[k].contiguous() for k in keys}
+        return atomic_write(self._folder / f"{uuid.uuid4().hex}.safetensors", lambda temp: save_file(tensors, str(temp)))
 
     @staticmethod
     def key(image: Image.Image) -> str:

@@ -1,5 +1,6 @@
-"""Data: the M-BEIR reader/writer (``lamra.data.mbeir``), the offline PocketBEIR benchmark builder
-(``lamra.data.pocketbeir``) and the stage-1 language-only pairs (``lamra.data.textpairs``)."""
+"""Data formats: M-BEIR's files read and written (``lamra.data.mbeir``), its records as the items
+encoders read (``lamra.data.mbeir_items``) and SimCSE's NLI csv of stage-1 pairs
+(``lamra.data.nli_csv``). The offline benchmark builder is ``lamra.pocketbeir``."""
 
 from lamra.data.mbeir import (
     TASKS,

@@ -27,12 +27,12 @@ import json
 import os
 import random
 import re
-import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from lamra.atomic_io import atomic_text_writer, atomic_write_text
 from lamra.items import InputError, load_image, resolve_under
 from lamra.prompts import format_mbeir_text
 
@@ -308,38 +308,10 @@ def _as_dict(record: Record | dict[str, Any]) -> dict[str, Any]:
     return record if isinstance(record, dict) else record.to_dict()
 
 
-class _AtomicWriter:
-    """``with _AtomicWriter(path) as handle:`` writes a temporary sibling, renamed on success."""
-
-    def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
-
-    def __enter__(self):
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, self.tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
-        self.handle = os.fdopen(fd, "w", encoding="utf-8", newline="\n")
-        return self.handle
-
-    def __exit__(self, exc_type, exc, tb):
-        self.handle.close()
-        if exc_type is None:
-            os.chmod(self.tmp, 0o644)
-            os.replace(self.tmp, self.path)
-        else:
-            os.unlink(self.tmp)
-        return False
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    with _AtomicWriter(path) as handle:
-        handle.write(text)
-    return Path(path)
-
-
 def write_jsonl(path: str | os.PathLike, records: Iterable[Record | dict[str, Any]]) -> int:
     """Write records (dataclasses or dicts) one JSON object a line, atomically; returns the count."""
     count = 0
-    with _AtomicWriter(path) as handle:
+    with atomic_text_writer(path) as handle:
         for record in records:
             handle.write(json.dumps(_as_dict(record), ensure_ascii=False) + "\n")
             count += 1

@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lamra.data.mbeir import MBEIRDataset, atomic_write_text
+from lamra.atomic_io import atomic_write_text
+from lamra.data.mbeir import MBEIRDataset
 from lamra.evaluate.fusion import Retrieved
 from lamra.evaluate.metrics import headline_metric_for
 from lamra.evaluate.tasks import EvalTask

@@ -12,7 +12,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from lamra.data.mbeir import DATASET_IDS, atomic_write_text
+from lamra.atomic_io import atomic_write_text
+from lamra.data.mbeir import DATASET_IDS
 
 # the paper's column notation: q = query, c = candidate, t = text, i = image
 TASK_NOTATION = {

@@ -16,7 +16,7 @@ import os
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 
-from lamra.data.mbeir import atomic_write_text
+from lamra.atomic_io import atomic_write_text
 
 # qid -> [(did, score), ...], best first
 Run = Mapping[str, Sequence[tuple[str, float]]]

@@ -4,7 +4,7 @@ Every rank all-gathers the query and candidate embeddings with the autograd-awar
 computes the *global* loss. Its backward sums the gradients of all ranks' copies of the loss into
 each rank's own embeddings (W times the single-process gradient), and DDP's gradient averaging
 divides by W again: the parameter gradients equal a one-process run on the global batch, with no
-extra scaling (checked in ASSETS.md and tests/test_distributed.py). Shards must be equal in size
+extra scaling (checked in ASSETS.md and tests/train/test_distributed.py). Shards must be equal in size
 (use drop_last), because all_gather needs equal shapes.
 """
 

@@ -6,7 +6,7 @@
    dropout included, draws the same masks), and backprop the cached embedding gradient into it.
 
 Memory then scales with the sub-batch (chunk) size, while the loss sees the whole batch. The
-parameter gradients equal a plain backward through the full batch (tests/test_gradcache.py).
+parameter gradients equal a plain backward through the full batch (tests/train/test_gradcache.py).
 With `contrastive_loss_distributed` as the loss it also works across processes; pass
 `no_sync=ddp_model.no_sync` so DDP all-reduces only once, after the last sub-batch.
 """

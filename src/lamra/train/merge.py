@@ -16,10 +16,10 @@ Both are written to a temp folder and renamed into place.
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
+from lamra.atomic_io import atomic_directory
 from lamra.backbones.base import Backbone
 from lamra.light_checkpoint import PROJECTOR_FILE, read_light_config, save_projector, write_light_config
 from lamra.train.recipe import Recipe
@@ -36,30 +36,15 @@ def merged_dir(recipe: Recipe) -> Path:
     return recipe.run_dir / MERGED
 
 
-def _fresh_temp(target: Path) -> Path:
-    temp = target.with_name(f".tmp-{target.name}")
-    if temp.exists():
-        shutil.rmtree(temp)
-    temp.mkdir(parents=True)
-    return temp
-
-
-def _publish(temp: Path, target: Path) -> Path:
-    if target.exists():
-        shutil.rmtree(target)
-    os.replace(temp, target)
-    return target
-
-
 def write_final(recipe: Recipe, backbone: Backbone) -> Path:
     target = final_dir(recipe)
-    temp = _fresh_temp(target)
-    if recipe.backbone == "compact":
-        _write_light(recipe, backbone, temp)
-    else:
-        backbone.model.save_pretrained(temp)
-        backbone.tokenizer.save_pretrained(temp)
-    return _publish(temp, target)
+    with atomic_directory(target) as temp:
+        if recipe.backbone == "compact":
+            _write_light(recipe, backbone, temp)
+        else:
+            backbone.model.save_pretrained(temp)
+            backbone.tokenizer.save_pretrained(temp)
+    return target
 
 
 def _write_light(recipe: Recipe, backbone: Backbone, out: Path) -> None:
@@ -91,12 +76,11 @@ def merge(recipe: Recipe) -> Path:
     if not source.is_dir():
         raise StageSetupError(f"{source} not found: train {recipe.name} to the end first")
     target = merged_dir(recipe)
-    temp = _fresh_temp(target)
-    if recipe.backbone == "compact":
-        shutil.rmtree(temp)
-        shutil.copytree(source, temp)
-    else:
-        backbone = load_qwen_any(source, base=recipe.init_from or recipe.model)
-        backbone.hf_model.save_pretrained(temp)
-        backbone.tokenizer.save_pretrained(temp)
-    return _publish(temp, target)
+    with atomic_directory(target) as temp:
+        if recipe.backbone == "compact":
+            shutil.copytree(source, temp, dirs_exist_ok=True)
+        else:
+            backbone = load_qwen_any(source, base=recipe.init_from or recipe.model)
+            backbone.hf_model.save_pretrained(temp)
+            backbone.tokenizer.save_pretrained(temp)
+    return target

@@ -35,6 +35,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from lamra.atomic_io import atomic_write
 from lamra.backbones.base import Backbone
 from lamra.index import VectorIndex
 from lamra.prompts import format_mbeir_text
@@ -104,9 +105,7 @@ def mine(
         items = [_cand_item(data, did) for did in dids]
         pool_vectors = retriever.encode(items, batch_size=batch_size, show_progress=show_progress,
                                         image_root=data.image_root, convert_to_numpy=False, role="document")
-        temp = pool_file.with_name(pool_file.name + ".tmp")
-        torch.save({"key": key, "vectors": pool_vectors}, temp)
-        os.replace(temp, pool_file)
+        atomic_write(pool_file, lambda temp: torch.save({"key": key, "vectors": pool_vectors}, temp))
 
     datasets = sorted({did.split(":", 1)[0] for did in dids})  # once: the pool's column of each candidate
     column = torch.tensor([datasets.index(did.split(":", 1)[0]) for did in dids])

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from lamra.assets import atomic_directory
+from lamra.atomic_io import atomic_directory
 from lamra.light_checkpoint import PROJECTOR_FILE, read_light_config, role_vision, write_light_config
 from lamra.train.trainer import HARDWARE_LOG
 
@@ -90,35 +90,30 @@ def package_compact(retrieval_final: Path, rank_final: Path, out_dir: Path) -> P
     shared = retrieval_vision["global_image_token"] == rank_vision["global_image_token"] and all(
         torch.equal(retrieval_projector[k].float(), rank_projector[k].float()) for k in retrieval_projector
     )
-    staging = atomic_directory(out_dir)
-    try:
-        shutil.copy(rank_final / rank_vision["projector"], staging.path / PROJECTOR_FILE)
+    with atomic_directory(out_dir) as folder:
+        shutil.copy(rank_final / rank_vision["projector"], folder / PROJECTOR_FILE)
         roles = None
         if not shared:
-            shutil.copy(retrieval_final / retrieval_vision["projector"], staging.path / RETRIEVAL_PROJECTOR_FILE)
+            shutil.copy(retrieval_final / retrieval_vision["projector"], folder / RETRIEVAL_PROJECTOR_FILE)
             roles = {
                 "retrieval": {"projector": RETRIEVAL_PROJECTOR_FILE,
                               "global_image_token": retrieval_vision["global_image_token"]},
                 "rank": {"projector": PROJECTOR_FILE, "global_image_token": rank_vision["global_image_token"]},
             }
         adapters = [retrieval_final / name for name in retrieval["retrieval_adapters"]]
-        error = fold_adapters(adapters, staging.path / "adapters" / "retrieval", RETRIEVAL_RANK)
+        error = fold_adapters(adapters, folder / "adapters" / "retrieval", RETRIEVAL_RANK)
         print(f"retrieval adapters folded to rank {RETRIEVAL_RANK}: worst relative error {error:.4f}")
-        rank_dir = staging.path / "adapters" / "rank"
+        rank_dir = folder / "adapters" / "rank"
         rank_dir.mkdir(parents=True)
         for name in ("adapter_config.json", "adapter_model.safetensors"):
             shutil.copy(rank_final / rank["rank_adapter"] / name, rank_dir / name)
-        for tensors in staging.path.rglob("*.safetensors"):
+        for tensors in folder.rglob("*.safetensors"):
             to_bf16(tensors)
         if retrieval["image_grid"] != rank["image_grid"]:
             raise ValueError(f"LamRA-Ret has a {retrieval['image_grid']}-grid, LamRA-Rank a {rank['image_grid']}-grid")
         trained_on = {role: read_hardware(final) for role, final in (("retrieval", retrieval_final), ("rank", rank_final))}
-        write_light_config(staging.path, retrieval["image_grid"], ["adapters/retrieval"], "adapters/rank",
+        write_light_config(folder, retrieval["image_grid"], ["adapters/retrieval"], "adapters/rank",
                            rank_vision["global_image_token"], roles, {k: v for k, v in trained_on.items() if v})
-        staging.commit()
-    except BaseException:
-        staging.abort()
-        raise
     return out_dir
 
 

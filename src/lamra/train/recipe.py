@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from lamra.assets import lamra_home
+from lamra.atomic_io import atomic_write_text
 
 STAGES = ("stage0", "stage1", "stage2", "rank")
 REPO_RECIPES_DIR = Path(__file__).resolve().parents[3] / "recipes"  # src/lamra/train -> repo root
@@ -172,11 +173,7 @@ def recipe_from_dict(values: dict[str, Any], source: str = "<recipe>") -> Recipe
 
 def save_recipe(recipe: Recipe, path: str | os.PathLike) -> None:
     """Write the recipe as YAML (temp file + rename), e.g. into the run directory."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.tmp")
-    temp.write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
-    os.replace(temp, path)
+    atomic_write_text(path, yaml.safe_dump(recipe.to_dict(), sort_keys=False))
 
 
 def parse_override(text: str) -> tuple[str, Any]:

@@ -80,8 +80,7 @@ class RerankSamples:
 
     def _cut(self, segments: list[Segment], items: int) -> list[Segment]:
         budget = max(8, min(MAX_RERANK_TEXT_TOKENS, (self.recipe.max_length - PROMPT_TOKENS) // items))
-        backbone = self.backbone
-        return [backbone.truncate_text(s, budget) if isinstance(s, str) else s for s in segments]
+        return self.backbone.truncate_segments(segments, budget)
 
     def sample(self, index: int, epoch: int) -> list[dict]:
         """The training conversation of sample ``index`` (ends with the assistant's answer)."""

@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from lamra.backbones.base import Backbone
-from lamra.data.textpairs import read_nli_csv
+from lamra.data.nli_csv import read_nli_csv
 from lamra.items import Segment
 from lamra.prompts import embedding_messages
 from lamra.retriever import embed_conversations
@@ -104,10 +104,7 @@ def make_embed_fn(backbone: Backbone, recipe: Recipe) -> Callable[[Sequence[list
     max_text = max(8, recipe.max_length - TEMPLATE_TOKENS)
 
     def embed(batch: Sequence[list[Segment]]) -> torch.Tensor:
-        conversations = [
-            embedding_messages([backbone.truncate_text(s, max_text) if isinstance(s, str) else s for s in segments])
-            for segments in batch
-        ]
+        conversations = [embedding_messages(backbone.truncate_segments(segments, max_text)) for segments in batch]
         with autocast(recipe, backbone.device):
             return embed_conversations(backbone, conversations)
 

@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from lamra.data.mbeir import atomic_write_text
+from lamra.atomic_io import atomic_write_text
 from lamra.retriever import autocast_for
 from lamra.train.train_state import latest_checkpoint, load_checkpoint, save_checkpoint
 from lamra.train.distributed import all_reduce_mean, is_distributed, is_main_process, rank, world_size
@@ -229,9 +229,7 @@ class Trainer:
         if not is_main_process() or not path.is_file():
             return
         kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
-        temp = path.with_suffix(".tmp")
-        temp.write_text("".join(line + "\n" for line in kept))
-        os.replace(temp, path)
+        atomic_write_text(path, "".join(line + "\n" for line in kept))
 
 
 def read_loss_log(run_dir: str | os.PathLike) -> list[dict]:

@@ -1,5 +1,6 @@
-"""The training stages behind ``lamra train``: which model a recipe starts from, and where each
-stage's result goes.
+"""The training stages behind ``lamra train``: one module per stage (``stage0``, ``stage1``,
+``stage2``, ``rank``: its data and step function, its command in the docstring), which model a
+recipe starts from (``models``), the M-BEIR training data (``mbeir_data``), and ``run_stage``.
 
 Run layout (``recipe.run_dir``)::
 

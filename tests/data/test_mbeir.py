@@ -23,7 +23,7 @@ from lamra.data.mbeir import (
     write_jsonl,
     write_qrels,
 )
-from lamra.data.textpairs import read_nli_csv, write_nli_csv
+from lamra.data.nli_csv import read_nli_csv, write_nli_csv
 from lamra.items import InputError
 
 QUERIES = [

@@ -9,7 +9,7 @@ import pytest
 
 from lamra.data import mbeir
 from lamra.data.mbeir import MBEIRDataset
-from lamra.data.pocketbeir import (
+from lamra.pocketbeir.build import (
     MASK,
     TEXTPAIRS_RELPATH,
     build_pocketbeir,
@@ -18,7 +18,7 @@ from lamra.data.pocketbeir import (
     default_sources_dir,
     mask_terms,
 )
-from lamra.data.textpairs import read_nli_csv
+from lamra.data.nli_csv import read_nli_csv
 
 # The README's set-up command (and so the test command) installs the sources; without them the
 # build fails with a message naming the install script, as it should, rather than skipping.

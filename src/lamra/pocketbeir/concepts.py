@@ -12,9 +12,9 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 
-from lamra.data.emoji import Emoji, code_family
-from lamra.data.mapping import Mapping
-from lamra.data.wordnet import WordNet
+from lamra.pocketbeir.emoji import Emoji, code_family
+from lamra.pocketbeir.mapping import Mapping
+from lamra.pocketbeir.wordnet import WordNet
 
 SPLIT_FRACTIONS = (("test", 0.2), ("val", 0.1), ("train", 0.7))
 

@@ -14,8 +14,8 @@ import re
 import unicodedata
 from dataclasses import dataclass
 
-from lamra.data.emoji import GENDER_WORDS, Emoji
-from lamra.data.wordnet import Synset, WordNet
+from lamra.pocketbeir.emoji import GENDER_WORDS, Emoji
+from lamra.pocketbeir.wordnet import Synset, WordNet
 
 _ARTIFACT = ("noun.artifact",)
 _SYMBOL = ("noun.communication", "noun.shape")

@@ -163,3 +163,17 @@ def _texts(example):
         return [s if isinstance(s, str) else s.tobytes()[:64] for s in segments]
 
     return flat(example[0]), flat(example[1]), [flat(n) for n in example[2]]
+
+
+def test_every_recipe_stage_has_a_module_with_its_command():
+    import importlib
+
+    from lamra.train.recipe import STAGES
+    from lamra.train.stages.run import STAGE_MODULES
+
+    assert set(STAGE_MODULES) == set(STAGES)
+    for stage, name in STAGE_MODULES.items():
+        module = importlib.import_module(name)
+        assert callable(module.prepare) and isinstance(module.TRAINS_LORA, bool)
+        assert f"lamra train {stage}" in module.__doc__
+    assert importlib.import_module(STAGE_MODULES["stage0"]).TRAINS_LORA is False

@@ -6,7 +6,7 @@ pools, the instructions TSV, the union training file, the stage-1 text pairs
 (``textpairs/wordnet_nli_train.csv``), the used images (``images/{google,twitter}/*.png``) and a dataset
 card (``README.md``). The same seed gives byte-identical files (the card's build-time line aside).
 
-How each task is made (per concept split; see ``lamra.data.concepts``):
+How each task is made (per concept split; see ``lamra.pocketbeir.concepts``):
 
 - t -> i (EmojiName): an emoji's CLDR label, and its old Unicode name, -> its Google image.
 - t -> t (WordNetPassage): an example sentence of a mapped synset with its lemmas masked, or the
@@ -37,13 +37,15 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from lamra.atomic_io import atomic_write, atomic_write_text
 from lamra.data import mbeir
-from lamra.data.concepts import Concept, build_concepts, fixture_concepts
-from lamra.data.emoji import Emoji, load_emoji, tone_phrase
-from lamra.data.mapping import Mapping, map_all
 from lamra.data.mbeir import IMAGE, IMAGE_TEXT, TEXT, InstructionRow, MBEIRCandidate, MBEIRQuery
-from lamra.data.textpairs import held_out_synsets, nli_pairs, write_nli_csv
-from lamra.data.wordnet import Synset, WordNet
+from lamra.data.nli_csv import write_nli_csv
+from lamra.pocketbeir.concepts import Concept, build_concepts, fixture_concepts
+from lamra.pocketbeir.emoji import Emoji, load_emoji, tone_phrase
+from lamra.pocketbeir.mapping import Mapping, map_all
+from lamra.pocketbeir.textpairs import held_out_synsets, nli_pairs
+from lamra.pocketbeir.wordnet import Synset, WordNet
 
 TEXTPAIRS_RELPATH = "textpairs/wordnet_nli_train.csv"
 MASK = "___"
@@ -490,13 +492,9 @@ def _remove_stale(out: Path, written: set[str]) -> None:
 
 def _copy_images(out: Path, images: dict[str, Path], progress) -> int:
     for relpath in sorted(images):
-        target = out / relpath
-        target.parent.mkdir(parents=True, exist_ok=True)
-        source = images[relpath]
+        target, source = out / relpath, images[relpath]
         if not target.is_file() or target.stat().st_size != source.stat().st_size:
-            tmp = target.with_name(f".{target.name}.tmp")
-            shutil.copyfile(source, tmp)
-            os.replace(tmp, target)
+            atomic_write(target, lambda temp: shutil.copyfile(source, temp))
     progress.update(1)
     return len(images)
 
@@ -531,7 +529,7 @@ def build_pocketbeir(out_dir: str | os.PathLike | None = None, sources_dir: str 
     ``sources_dir`` holds what scripts/install_data_deps.sh fetched (default ``$LAMRA_HOME/sources``);
     ``wordnet_dir`` overrides where WordNet's data files are (default ``sources_dir/wordnet``).
     """
-    from lamra.data.card import render_card
+    from lamra.pocketbeir.card import render_card
 
     started = time.perf_counter()
     out = Path(out_dir).expanduser() if out_dir else default_out_dir(fixture)
@@ -560,6 +558,6 @@ def build_pocketbeir(out_dir: str | os.PathLike | None = None, sources_dir: str 
         _remove_stale(out, stats.written)
         progress.update(1)
     elapsed = time.perf_counter() - started
-    mbeir.atomic_write_text(out / "README.md", render_card(m, specs, stats, seed=seed, fixture=fixture,
+    atomic_write_text(out / "README.md", render_card(m, specs, stats, seed=seed, fixture=fixture,
                                                            build_seconds=elapsed, held_out=len(exclude)))
     return out

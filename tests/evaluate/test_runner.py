@@ -150,7 +150,7 @@ def test_reranker_sees_the_instruction_in_the_query_text(toy_root):
 
 
 def test_trec_runs_rescored_by_trec_eval_give_the_json_numbers(report, toy_root, tmp_path):
-    json_path = write_report(report, tmp_path, command="pytest tests/test_eval_runner.py")
+    json_path = write_report(report, tmp_path, command="pytest tests/evaluate/test_runner.py")
     payload = load_results(json_path)
     assert payload["command"].startswith("pytest") and payload["settings"]["instruction_choice"] == "random"
     checked = 0

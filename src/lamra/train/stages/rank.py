@@ -1,0 +1,24 @@
+"""LamRA-Rank: pointwise (Yes/No) and listwise (the positive's number) next-token samples built from
+a mined top-K (``lamra train mine``), one LoRA adapter from the base model (stage 0 for compact).
+
+    lamra train mine --recipe compact-rank --retriever runs/compact-stage2/final
+    lamra train rank --recipe compact-rank
+"""
+
+from __future__ import annotations
+
+from lamra.train import rerank
+from lamra.train.recipe import Recipe
+from lamra.train.stages.mbeir_data import MBEIRTrainData
+from lamra.train.stages.models import StageSetupError
+from lamra.train.stages.steps import StageSteps
+
+TRAINS_LORA = True
+
+
+def prepare(recipe: Recipe, backbone) -> StageSteps:
+    data = MBEIRTrainData.from_recipe(recipe)
+    if not recipe.rerank_data:
+        raise StageSetupError(f"recipe {recipe.name!r} (rank) needs `rerank_data` (lamra train mine)")
+    samples = rerank.RerankSamples(data, rerank.read_mined(recipe.rerank_data), recipe, backbone)
+    return StageSteps(rerank.next_token_step_fn(backbone, recipe, samples.sample), len(samples), "sum")
