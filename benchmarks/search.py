@@ -25,6 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from lamra.index import VectorIndex, l2_normalise, live_version
+from lamra.light_checkpoint import role_digest
+from lamra.model import SHIPPED_DIR
 
 DIMS = 576
 POCKETBEIR_INDEX = Path("runs/eval-index")
@@ -41,10 +43,11 @@ def random_set(count: int, queries: int, seed: int = 0) -> tuple[np.ndarray, np.
 
 
 def pocketbeir_set(held_out: int = 500, seed: int = 0) -> tuple[np.ndarray, np.ndarray] | None:
-    found = sorted(POCKETBEIR_INDEX.glob("LamRA-Ret_*/mbeir_union_test_cand_pool"))
-    if not found or live_version(found[-1]) is None:
+    # the shipped model's index (the cache holds other models' too), named as the eval script names it
+    directory = POCKETBEIR_INDEX / f"LamRA-Ret_{role_digest(SHIPPED_DIR)}" / "mbeir_union_test_cand_pool"
+    if live_version(directory) is None:
         return None
-    vectors = np.asarray(VectorIndex.load(found[-1]).vectors, np.float32)
+    vectors = np.asarray(VectorIndex.load(directory).vectors, np.float32)
     rows = np.random.default_rng(seed).permutation(len(vectors))
     return vectors[rows[held_out:]], vectors[rows[:held_out]]
 
