@@ -65,12 +65,15 @@ def recall_at_10(found: list[list[str]], truth: list[list[str]]) -> float:
     return float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, truth)]))
 
 
-def run_set(name: str, base: np.ndarray, queries: np.ndarray, repeats: int) -> list[list[str]]:
+def print_row(row: list[str]) -> None:
+    print("| " + " | ".join(row) + " |", flush=True)  # as measured: a 1M run takes many minutes
+
+
+def run_set(name: str, base: np.ndarray, queries: np.ndarray, repeats: int) -> None:
     ids = [str(i) for i in range(len(base))]
-    rows = []
     flat = VectorIndex.from_vectors(base, ids, assume_normalised=True)
     flat_qps, truth = timed_search(flat, queries, repeats)
-    rows.append([name, "flat", "", "0", f"{flat_qps:,.0f}", "1.0x", "1.000"])
+    print_row([name, "flat", "", "0", f"{flat_qps:,.0f}", "1.0x", "1.000"])
     del flat
     for kind, (parameter, values) in SWEEPS.items():
         start = time.perf_counter()
@@ -80,10 +83,9 @@ def run_set(name: str, base: np.ndarray, queries: np.ndarray, repeats: int) -> l
         for value in values:
             index.set_search(**{parameter: value})
             qps, found = timed_search(index, queries, repeats)
-            rows.append([name, factory, f"{parameter}={value}", f"{build:.0f}", f"{qps:,.0f}",
-                         f"{qps / flat_qps:.1f}x", f"{recall_at_10(found, truth):.3f}"])
+            print_row([name, factory, f"{parameter}={value}", f"{build:.0f}", f"{qps:,.0f}",
+                       f"{qps / flat_qps:.1f}x", f"{recall_at_10(found, truth):.3f}"])
         del index
-    return rows
 
 
 def main() -> None:
@@ -93,16 +95,14 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 
-    rows = run_set(f"random {args.count:,}", *random_set(args.count, args.queries), args.repeats)
-    real = pocketbeir_set()
-    if real is None:
-        print(f"(pocketbeir set skipped: no LamRA-Ret global-pool index under {POCKETBEIR_INDEX})\n")
-    else:
-        rows += run_set(f"pocketbeir {len(real[0]):,}", *real, args.repeats)
     print("| set | index | search parameter | build s | queries/s | vs flat | recall@10 |")
-    print("|---|---|---|---:|---:|---:|---:|")
-    for row in rows:
-        print("| " + " | ".join(row) + " |")
+    print("|---|---|---|---:|---:|---:|---:|", flush=True)
+    real = pocketbeir_set()
+    if real is not None:
+        run_set(f"pocketbeir {len(real[0]):,}", *real, args.repeats)
+    run_set(f"random {args.count:,}", *random_set(args.count, args.queries), args.repeats)
+    if real is None:
+        print(f"\n(pocketbeir set skipped: no LamRA-Ret global-pool index under {POCKETBEIR_INDEX})")
 
 
 if __name__ == "__main__":
