@@ -1,6 +1,6 @@
 """Mining for LamRA-Rank: the trained LamRA-Ret retrieves the top-K of each training query.
 
-Output: JSON lines, one per training query, in the order of the training file::
+Output (read back with ``read_mined``): JSON lines, one per training query, in the order of the training file::
 
     {"qid": "10:81", "gt_docs": ["10:283"], "top_docs": ["10:283", "10:12", ...], "scores": [0.83, 0.61, ...]}
 
@@ -41,6 +41,7 @@ from lamra.index import VectorIndex
 from lamra.prompts import format_mbeir_text
 from lamra.retriever import Retriever
 from lamra.train.stages.mbeir_data import MBEIRTrainData
+from lamra.train.stages.models import StageSetupError
 
 QUERY_CHUNK = 64
 INDEX_CHECK_ITEMS = 8  # candidates re-encoded to check that a reused index is this retriever's
@@ -62,6 +63,23 @@ def _done_qids(partial: Path) -> set[str]:
     if len(good) != len(lines):  # a killed write left a torn line: cut it off
         partial.write_text("".join(good))
     return {json.loads(line)["qid"] for line in good}
+
+
+def read_mined(path: str | os.PathLike) -> dict[str, dict]:
+    path = Path(path)
+    if not path.is_file():
+        raise StageSetupError(f"mined file {str(path)!r} not found: run `lamra train mine` first")
+    mined = {}
+    with path.open() as handle:
+        for line_no, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                mined[record["qid"]] = record
+            except (json.JSONDecodeError, KeyError) as error:
+                raise StageSetupError(f"{path}:{line_no}: not a mined record ({error})") from None
+    return mined
 
 
 def _pool_key(dids: list[str]) -> str:

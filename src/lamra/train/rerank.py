@@ -13,10 +13,7 @@ Draws use a generator seeded by (seed, epoch, qid, kind). Only the answer tokens
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -34,23 +31,6 @@ from lamra.train.trainer import autocast
 
 KINDS = ("pointwise_positive", "pointwise_negative", "listwise")
 PROMPT_TOKENS = 128  # the rerank instruction and template, left out of the per-text budget
-
-
-def read_mined(path: str | os.PathLike) -> dict[str, dict]:
-    path = Path(path)
-    if not path.is_file():
-        raise StageSetupError(f"mined file {str(path)!r} not found: run `lamra train mine` first")
-    mined = {}
-    with path.open() as handle:
-        for line_no, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-                mined[record["qid"]] = record
-            except (json.JSONDecodeError, KeyError) as error:
-                raise StageSetupError(f"{path}:{line_no}: not a mined record ({error})") from None
-    return mined
 
 
 class RerankSamples:

@@ -44,7 +44,7 @@ def read_mined_negatives(recipe: Recipe) -> dict[str, list[str]] | None:
     near misses of content) and one in the global pool (the wrong modality ranked too high)."""
     if not recipe.mined_negatives:
         return None
-    from lamra.train.rerank import read_mined
+    from lamra.train.mining import read_mined
 
     files = [recipe.mined_negatives] if isinstance(recipe.mined_negatives, str) else recipe.mined_negatives
     negatives: dict[str, list[str]] = {}

@@ -8,6 +8,7 @@ a mined top-K (``lamra train mine``), one LoRA adapter from the base model (stag
 from __future__ import annotations
 
 from lamra.train import rerank
+from lamra.train.mining import read_mined
 from lamra.train.recipe import Recipe
 from lamra.train.stages.mbeir_data import MBEIRTrainData
 from lamra.train.stages.models import StageSetupError
@@ -20,5 +21,5 @@ def prepare(recipe: Recipe, backbone) -> StageSteps:
     data = MBEIRTrainData.from_recipe(recipe)
     if not recipe.rerank_data:
         raise StageSetupError(f"recipe {recipe.name!r} (rank) needs `rerank_data` (lamra train mine)")
-    samples = rerank.RerankSamples(data, rerank.read_mined(recipe.rerank_data), recipe, backbone)
+    samples = rerank.RerankSamples(data, read_mined(recipe.rerank_data), recipe, backbone)
     return StageSteps(rerank.next_token_step_fn(backbone, recipe, samples.sample), len(samples), "sum")
