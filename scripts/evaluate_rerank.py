@@ -14,8 +14,8 @@ rank run's ``final/`` (to measure it before packaging). Two rerankers, as in the
 
 Fusion is the official ``retrieval + w * rerank``. Each task's w is chosen on val from the grid
 below (pointwise on the task's headline R@5; listwise on R@1, since reordering the top 5 cannot move
-R@5), over a seeded sample of ``VAL_QUERIES`` val queries per task; the test split then runs once
-with those weights: all 3,980 queries, local pools. Work is kept per (split, task) under
+R@5), over all val queries (1,763; ``--val-queries N`` takes a seeded sample of N per task instead);
+the test split then runs once with those weights: all 3,980 queries, local pools. Work is kept per (split, task) under
 runs/rerank-eval/<reranker digest>/, so a rerun computes only what is missing.
 """
 
@@ -44,7 +44,6 @@ RETRIEVER = "src/lamra/weights/compact"  # the shipped package
 INDEX_DIR = Path("runs/eval-index")
 OUT = Path("runs/rerank-eval")
 PAGE = Path("results/rerank.md")
-VAL_QUERIES = 100  # per task (the smallest val tasks have 88 and 98: all of them)
 RETRIEVAL = "LamRA-Ret"
 POINTWISE = "+ pointwise rerank (top 10)"
 LISTWISE = "+ listwise rerank (top 5)"
@@ -89,16 +88,26 @@ def evaluate_task(model, task, split: str, methods: list[RerankMethod], **option
                           rerankers=methods, index_dir=INDEX_DIR, show_progress=True, **options)
 
 
-def run_val(reranker: str | None, model=None, sliding: bool = False):
-    """Per task: retrieval + the rerankers on the val sample, and the weight sweep -> val/<task>.json."""
-    target = out_dir(reranker) / "val"
+def val_dir(reranker: str | None, val_queries: int | None) -> Path:
+    return out_dir(reranker) / ("val" if val_queries is None else f"val-{val_queries}")
+
+
+def test_dir(reranker: str | None, val_queries: int | None) -> Path:
+    """Test results depend on the weights val chose, so they are kept per val scope too."""
+    return out_dir(reranker) / ("test" if val_queries is None else f"test-val-{val_queries}")
+
+
+def run_val(reranker: str | None, model=None, sliding: bool = False, val_queries: int | None = None):
+    """Per task: retrieval + the rerankers on val (all of it, or a seeded sample), and the weight sweep
+    -> val/<task>.json."""
+    target = val_dir(reranker, val_queries)
     for task in list_tasks(MBEIRDataset(data_root()), "val"):
         path = target / f"{task.key}.json"
         if path.is_file():
             continue
         model = model or load_model(reranker)
         start = time.perf_counter()
-        report = evaluate_task(model, task, "val", rerankers(model, sliding=sliding), queries_per_task=VAL_QUERIES)
+        report = evaluate_task(model, task, "val", rerankers(model, sliding=sliding), queries_per_task=val_queries)
         record = {"queries": report.results[0].metrics["queries"],
                   "retrieval": report.result(RETRIEVAL, "local", task.key).metrics, "sweeps": {}}
         for name in (r.name for r in rerankers(model, sliding=sliding)):
@@ -113,19 +122,19 @@ def run_val(reranker: str | None, model=None, sliding: bool = False):
     return model
 
 
-def val_weights(reranker: str | None) -> dict[str, dict[str, float]]:
+def val_weights(reranker: str | None, val_queries: int | None) -> dict[str, dict[str, float]]:
     weights: dict[str, dict[str, float]] = {name: {} for name in SWEEP_METRIC}
-    for path in sorted((out_dir(reranker) / "val").glob("*.json")):
+    for path in sorted(val_dir(reranker, val_queries).glob("*.json")):
         for name, sweep in json.loads(path.read_text())["sweeps"].items():
             weights[name][path.stem] = sweep["best"]
     return weights
 
 
-def run_test(reranker: str | None, model=None, sliding: bool = False):
+def run_test(reranker: str | None, model=None, sliding: bool = False, val_queries: int | None = None):
     """Per task: the full test queries with the val-chosen weights -> test/<task>/results.json."""
-    weights = val_weights(reranker)
+    weights = val_weights(reranker, val_queries)
     for task in list_tasks(MBEIRDataset(data_root()), "test"):
-        target = out_dir(reranker) / "test" / task.key
+        target = test_dir(reranker, val_queries) / task.key
         if (target / "results.json").is_file():
             continue
         needed = [POINTWISE, LISTWISE] + ([SLIDING] if sliding else [])
@@ -138,28 +147,34 @@ def run_test(reranker: str | None, model=None, sliding: bool = False):
     return model
 
 
-def write_page(reranker: str | None) -> None:
-    base = out_dir(reranker)
-    results = [r for path in sorted((base / "test").glob("*/results.json")) for r in load_results(path)["results"]]
+def write_page(reranker: str | None, val_queries: int | None = None) -> None:
+    base = test_dir(reranker, val_queries)
+    results = [r for path in sorted(base.glob("*/results.json")) for r in load_results(path)["results"]]
     if not results:
-        raise SystemExit(f"no test results under {base}: run `test` first")
+        raise SystemExit(f"no test results under {base}: run `test` first (with the same --val-queries)")
     source = reranker or f"{RETRIEVER} (shipped)"
     notes = (f"Full PocketBEIR test split (all 3,980 queries), local pools; compact LMM, bf16 autocast, 2 CPU "
              f"cores. Reranker: `{source}`. Fusion `retrieval + w * rerank`, w per task chosen on val "
-             f"({VAL_QUERIES} seeded val queries per task; all of the smaller ones) from the grid "
+             f"({val_scope(val_queries)}) from the grid "
              f"{list(DEFAULT_WEIGHT_GRID)}: pointwise on R@5, listwise on R@1 (reordering the top 5 cannot "
-             "move R@5). w = 0 is retrieval alone.")
+             "move R@5). w = 0 is retrieval alone; a tie on val goes to the smallest w.")
     methods = [m for m in (RETRIEVAL, POINTWISE, LISTWISE, SLIDING) if any(r["method"] == m for r in results)]
     page = results_page(results, title="LamRA-Ret + LamRA-Rank (PocketBEIR full test split)", pools=("local",),
                         methods=methods, speed_methods=methods, notes=notes)
-    write_markdown(PAGE, COMMAND, page + "\n" + val_tables(base / "val", results))
+    write_markdown(PAGE, COMMAND, page + "\n" + val_tables(val_dir(reranker, val_queries), results))
     print(f"wrote {PAGE}")
 
 
-def val_tables(val_dir: Path, results: list[dict]) -> str:
+def val_scope(val_queries: int | None) -> str:
+    if val_queries is None:
+        return "all val queries"
+    return f"{val_queries} seeded val queries per task; all of the smaller ones"
+
+
+def val_tables(folder: Path, results: list[dict]) -> str:
     """The weight sweep on val: per reranker, one row per w, one column per task."""
     columns = task_columns(r for r in results if r["method"] == RETRIEVAL)
-    records = {path.stem: json.loads(path.read_text()) for path in val_dir.glob("*.json")}
+    records = {path.stem: json.loads(path.read_text()) for path in folder.glob("*.json")}
     parts = ["## Choosing w on val\n"]
     for name in [n for n in SWEEP_METRIC if any(n in r.get("sweeps", {}) for r in records.values())]:
         header = ["w"] + [column_title(c) for c in columns]
@@ -184,14 +199,16 @@ def main() -> None:
     parser.add_argument("step", choices=["all", "val", "test", "page"])
     parser.add_argument("--reranker", help="a rank run's final/ (default: the shipped package's reranker)")
     parser.add_argument("--sliding", action="store_true", help="also listwise over the top 10 in sliding windows")
+    parser.add_argument("--val-queries", type=int, help="choose w on a seeded sample of N val queries per task "
+                        "(default: all val queries)")
     args = parser.parse_args()
     model = None
     if args.step in ("all", "val"):
-        model = run_val(args.reranker, model, args.sliding)
+        model = run_val(args.reranker, model, args.sliding, args.val_queries)
     if args.step in ("all", "test"):
-        model = run_test(args.reranker, model, args.sliding)
+        model = run_test(args.reranker, model, args.sliding, args.val_queries)
     if args.step in ("all", "page"):
-        write_page(args.reranker)
+        write_page(args.reranker, args.val_queries)
 
 
 if __name__ == "__main__":

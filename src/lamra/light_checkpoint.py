@@ -10,9 +10,11 @@ just a projector and LoRA adapters::
 
 LamRA-Ret = base + projector + its retrieval adapters folded in order (stage 1, then stage 2, each
 trained on the previous one merged, as the paper does). LamRA-Rank = base + projector + its adapter.
-The compact recipes train the projector in stage 2 while the reranker keeps stage 0's, so a packaged
-model may give each role its own vision settings: ``roles: {"retrieval": {"projector": FILE,
-"global_image_token": true}, "rank": {...}}``; a role without an entry uses the top-level ones.
+The compact recipes train the projector in stage 2, so a packaged model may give each role its own
+vision settings: ``roles: {"retrieval": {"projector": FILE, "global_image_token": true}, "rank":
+{...}}``; a role without an entry uses the top-level ones. A role may also name its own adapter chain
+(``"adapters": [...]``, folded in order): a reranker trained on top of LamRA-Ret
+(``rank_from_retriever``) folds the retrieval adapters, then its own, sharing their files.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ from lamra.backbones.compact import CompactBackbone
 FORMAT_VERSION = 1
 CONFIG_NAME = "lamra.json"
 PROJECTOR_FILE = "projector.safetensors"
+RETRIEVAL_PROJECTOR_FILE = "projector_retrieval.safetensors"  # when the roles' projectors differ
+RANK_PROJECTOR_FILE = "projector_rank.safetensors"  # a reranker on top of a retrieval-only package
 
 
 def read_light_config(path: Path) -> dict:
@@ -86,6 +90,9 @@ def load_light_compact(
 
 def role_adapters(config: dict, role: str) -> list[str]:
     """The adapter folders one role folds in, in order."""
+    own_chain = config.get("roles", {}).get(role, {}).get("adapters")
+    if own_chain is not None:
+        return list(own_chain)
     if role == "retrieval":
         return list(config.get("retrieval_adapters", []))
     return [config["rank_adapter"]] if config.get("rank_adapter") else []
@@ -111,7 +118,8 @@ def role_digest(path: str | os.PathLike, role: str = "retrieval") -> str:
 def role_vision(config: dict, role: str) -> dict:
     """The projector file and visual-token layout one role (retrieval / rank) runs with."""
     default = {"projector": PROJECTOR_FILE, "global_image_token": bool(config.get("global_image_token", False))}
-    return {**default, **config.get("roles", {}).get(role, {})}
+    own = config.get("roles", {}).get(role, {})
+    return {**default, **{key: own[key] for key in default if key in own}}
 
 
 def save_projector(backbone: CompactBackbone, path: str | os.PathLike, dtype=torch.bfloat16) -> None:

@@ -190,11 +190,12 @@ def test_weights_are_chosen_on_val_never_on_test(report, toy_root):
     assert set(chosen.weights) == {"toyname_task0", "toypassage_task1", "toyvariant_task7", "fashioniq_task7"}
     for key, by_weight in sweep.table.items():
         assert by_weight[0.0] == max(by_weight.values())
-        if by_weight[4.0] < by_weight[0.0]:
-            assert chosen.weights[key] < 1.0  # a harmful reranker is turned down
-    oracle, _ = choose_rerank_weights(HashingEncoder(), toy_root, RerankMethod("oracle", oracle_reranker),
-                                      show_progress=False)
-    assert all(w >= 0.1 for w in oracle.weights.values())
+        assert chosen.weights[key] == 0.0  # a reranker that never beats retrieval gets no weight
+    oracle, oracle_sweep = choose_rerank_weights(HashingEncoder(), toy_root, RerankMethod("oracle", oracle_reranker),
+                                                 show_progress=False)
+    lifted = [key for key, by_weight in oracle_sweep.table.items() if max(by_weight.values()) > by_weight[0.0]]
+    for key, w in oracle.weights.items():  # weight only where it beat retrieval alone
+        assert (w >= 0.1) if key in lifted else (w == 0.0)
     assert oracle.weight_for("unknown_task") == 1.0
 
 
@@ -291,3 +292,6 @@ def test_sweep_can_choose_on_another_metric(toy_root):
     table = by_r1.table["toyname_task0"]
     assert table[0.0] == retrieval["R@1"] and table[1.0] == reranked["R@1"]  # R@1, not the headline R@5
     assert table[1.0] != retrieval["R@1"]  # the rerank moved R@1, so the check can tell metrics apart
+    best = max(table.values())
+    assert by_r1.best["toyname_task0"] == min(w for w, value in table.items() if value == best)
+    assert (by_r1.best["toyname_task0"] > 0) == (best > table[0.0])

@@ -46,6 +46,15 @@ def chain(tmp_path_factory):
                                                 init_from=str(out["stage2"].final_dir), adapter_name="stage2-hardneg",
                                                 hard_negatives=1, mined_negatives=str(mined)))
     out["stage2b"] = run_stage(r2b, show_progress=False)
+    # a reranker trained on top of a packaged LamRA-Ret (its adapters and projector) instead of stage 0
+    from lamra.train.package import package_retrieval
+
+    out["packaged"] = package_retrieval(out["stage2"].final_dir, runs / "packaged")
+    ron = load_recipe("smoke-rank", overrides(data, runs, "rank", **{**SMALL, "batch_size": 3, "chunk_size": 3},
+                                              max_steps=2, name="smoke-rank-on-ret", init_from=str(out["packaged"]),
+                                              rerank_data=str(mined), rank_from_retriever=True,
+                                              train_projector=True))
+    out["rank_on_ret"] = run_stage(ron, show_progress=False)
     return out
 
 
@@ -183,3 +192,58 @@ def test_local_mining_ranks_each_query_within_its_positives_datasets(chain, tmp_
         # the global order (equal vectors, the same text in two datasets, may swap places)
         assert record["scores"] == pytest.approx([score for _, score in kept], abs=1e-5)
     assert len(datasets_seen) > 1 and any(len(r["top_docs"]) < everything for r in local.values())
+
+
+def test_rank_on_retriever_stacks_its_adapter_on_the_retrievers(chain):
+    from lamra.light_checkpoint import load_light_compact, role_digest
+    from lamra.train.package import lora_deltas
+
+    packaged, final = chain["packaged"], chain["rank_on_ret"].final_dir
+    config = read_light_config(final)
+    assert config["roles"]["rank"]["adapters"] == ["adapters/retrieval", "adapters/rank"]
+    assert role_digest(final, "retrieval") == role_digest(packaged, "retrieval")  # copied unchanged
+    ret, rank = load_light_compact(final, "retrieval"), load_light_compact(final, "rank")
+    own = lora_deltas(final / "adapters" / "rank")
+    module = next(name for name in own if name.endswith("layers.0.self_attn.q_proj"))
+    path = module.removeprefix("base_model.model.") + ".weight"
+    weights = {name: dict(backbone.model.named_parameters())[path] for name, backbone in (("ret", ret), ("rank", rank))}
+    assert torch.allclose(weights["rank"] - weights["ret"], own[module], atol=1e-5)  # retrieval, then rank
+    assert config["roles"]["rank"]["projector"] == "projector_rank.safetensors"  # projector.safetensors: LamRA-Ret's
+    trained, started = read_tensors(final / "projector_rank.safetensors"), read_tensors(final / "projector.safetensors")
+    assert any(not torch.equal(trained[k].float(), started[k].float())
+               for k in trained)  # the reranker's projector trained on from the retriever's
+
+
+def test_packaging_a_rank_on_retriever_keeps_the_retrieval_role(chain, tmp_path):
+    from lamra.light_checkpoint import role_digest
+    from lamra.train.package import package_compact
+
+    packaged, final = chain["packaged"], chain["rank_on_ret"].final_dir
+    assert read_light_config(packaged)["rank_adapter"] is None  # LamRA-Ret alone
+    shipped = package_compact(packaged, final, tmp_path / "shipped")
+    assert role_digest(shipped, "retrieval") == role_digest(packaged, "retrieval")
+    config = read_light_config(shipped)
+    assert config["roles"]["rank"]["adapters"] == ["adapters/retrieval", "adapters/rank"]
+    rank_tensors = read_tensors(shipped / "adapters" / "rank" / "adapter_model.safetensors").values()
+    assert {v.dtype for v in rank_tensors} == {torch.bfloat16}
+    with pytest.raises(ValueError, match="another LamRA-Ret"):
+        package_compact(chain["stage2"].final_dir, final, tmp_path / "wrong")
+    assert not (tmp_path / "wrong").exists()
+
+
+def test_rank_from_retriever_needs_a_retriever(chain, tmp_path):
+    from lamra.train.stages.models import StageSetupError, load_training_backbone
+
+    recipe = load_recipe("smoke-rank", {"stage": "rank", "init_from": str(chain["stage0"].final_dir),
+                                        "num_visual_tokens": 4, "rank_from_retriever": True})
+    with pytest.raises(StageSetupError, match="no LamRA-Ret"):
+        load_training_backbone(recipe, role="rank")
+    recipe = load_recipe("smoke-rank", {"stage": "rank", "init_from": str(chain["packaged"]), "num_visual_tokens": 4})
+    with pytest.raises(StageSetupError, match="rank_from_retriever"):
+        load_training_backbone(recipe, role="rank")
+
+
+def read_tensors(path):
+    from safetensors.torch import load_file
+
+    return load_file(path)

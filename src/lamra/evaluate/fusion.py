@@ -118,7 +118,9 @@ class WeightSweep:
 def sweep_rerank_weights(report: EvaluationReport, reranker: str, *, pool: str = "local",
                          grid: Sequence[float] = DEFAULT_WEIGHT_GRID, metric: str | None = None) -> WeightSweep:
     """For each task, the w of ``grid`` with the best ``metric`` (default: the headline metric, R@5;
-    R@10 fashion) on the report's split; ties go to the w nearest the default 1.0. Refuses a
+    R@10 fashion) on the report's split; ties go to the smallest w, so a reranker gets a weight only
+    where it beat retrieval alone on val (a val sample of ~100 queries a task cannot tell a tie from
+    noise, and ties once went to w = 1, which the test split then did not confirm). Refuses a
     test-split report. Listwise over the top 5 cannot move R@5: choose its w on R@1."""
     if report.split == "test":
         raise ValueError("fusion weights are chosen on val, never on test: evaluate split='val' first")
@@ -135,7 +137,7 @@ def sweep_rerank_weights(report: EvaluationReport, reranker: str, *, pool: str =
         }
         top = max(table[result.task.key].values())
         tied = [w for w, value in table[result.task.key].items() if math.isclose(value, top, abs_tol=1e-12)]
-        best[result.task.key] = min(tied, key=lambda w: (abs(w - 1.0), w))
+        best[result.task.key] = min(tied)
     if not table:
         raise ValueError(f"the report has no results of reranker {reranker!r} on the {pool} pool")
     return WeightSweep(best, table)

@@ -4,7 +4,10 @@
   compact   the light format: ``projector.safetensors``, the adapters the run started from (copied
             from ``init_from``) and this run's adapter under ``adapters/{adapter_name or stage}``, listed in
             ``lamra.json`` (``retrieval_adapters`` in folding order; the rank stage's adapter as
-            ``rank_adapter``). Stage 0 writes the projector only.
+            ``rank_adapter``). Stage 0 writes the projector only. A reranker trained on top of a
+            LamRA-Ret (``rank_from_retriever``) writes a whole package: the retriever's adapters and
+            projector copied unchanged (same file names, so the same retrieval digest), its own
+            projector, and ``roles.rank.adapters`` = the retrieval adapters, then its own.
   Qwen-VL   the peft adapter (``adapter_config.json`` + ``adapter_model.safetensors``), tokenizer beside;
             its ``base_model_name_or_path`` is the weights the run started from.
 
@@ -21,7 +24,14 @@ from pathlib import Path
 
 from lamra.atomic_io import atomic_directory
 from lamra.backbones.base import Backbone
-from lamra.light_checkpoint import PROJECTOR_FILE, read_light_config, save_projector, write_light_config
+from lamra.light_checkpoint import (
+    PROJECTOR_FILE,
+    RANK_PROJECTOR_FILE,
+    read_light_config,
+    role_vision,
+    save_projector,
+    write_light_config,
+)
 from lamra.train.recipe import Recipe
 from lamra.train.stages.models import StageSetupError, is_light, load_qwen_any
 
@@ -49,12 +59,21 @@ def write_final(recipe: Recipe, backbone: Backbone) -> Path:
 
 def _write_light(recipe: Recipe, backbone: Backbone, out: Path) -> None:
     adapters: list[str] = []
+    roles = None
+    projector = PROJECTOR_FILE
     if is_light(recipe.init_from):
         source = Path(recipe.init_from)
-        for name in read_light_config(source).get("retrieval_adapters", []):
+        source_config = read_light_config(source)
+        for name in source_config.get("retrieval_adapters", []):
             shutil.copytree(source / name, out / name)
             adapters.append(name)
-    save_projector(backbone, out / PROJECTOR_FILE)
+        if recipe.rank_from_retriever:  # the retrieval role copied under its own file names: same digest
+            retrieval_vision = role_vision(source_config, "retrieval")
+            shutil.copy(source / retrieval_vision["projector"], out / retrieval_vision["projector"])
+            roles = {"retrieval": retrieval_vision}
+            if retrieval_vision["projector"] == PROJECTOR_FILE:
+                projector = RANK_PROJECTOR_FILE
+    save_projector(backbone, out / projector)
     rank_adapter = None
     if recipe.stage != "stage0":
         name = f"adapters/{recipe.adapter_name or recipe.stage}"
@@ -67,7 +86,10 @@ def _write_light(recipe: Recipe, backbone: Backbone, out: Path) -> None:
         else:
             adapters.append(name)
     config = backbone.hf_model.config
-    write_light_config(out, config.image_grid, adapters, rank_adapter, config.global_image_token)
+    if roles is not None:
+        roles["rank"] = {"projector": projector, "global_image_token": config.global_image_token,
+                         "adapters": [*adapters, rank_adapter]}
+    write_light_config(out, config.image_grid, adapters, rank_adapter, config.global_image_token, roles)
 
 
 def merge(recipe: Recipe) -> Path:

@@ -1,10 +1,13 @@
 """Package a trained compact LamRA for shipping: one light checkpoint holding LamRA-Ret and -Rank.
 
     python -m lamra.train.package RETRIEVAL_FINAL RANK_FINAL OUT_DIR
+    python -m lamra.train.package RETRIEVAL_FINAL OUT_DIR        # LamRA-Ret alone
 
 ``RETRIEVAL_FINAL`` is stage 2's ``final/`` (projector + stage-1 and stage-2 adapters),
 ``RANK_FINAL`` the rank stage's ``final/`` (stage 0's projector + the rank adapter). When stage 2
-trained the projector too, each role keeps its own (``roles`` in ``lamra.json``). Adapter and
+trained the projector too, each role keeps its own (``roles`` in ``lamra.json``). A reranker trained
+on top of a packaged LamRA-Ret (``rank_from_retriever``) is packaged with that package as
+``RETRIEVAL_FINAL``: its retrieval role is kept byte for byte. Adapter and
 projector tensors are stored in bfloat16 (half the bytes; LoRA deltas lose nothing that matters at
 this scale). Written to a temp folder and renamed into place.
 
@@ -24,12 +27,18 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from lamra.atomic_io import atomic_directory
-from lamra.light_checkpoint import PROJECTOR_FILE, read_light_config, role_vision, write_light_config
+from lamra.light_checkpoint import (
+    PROJECTOR_FILE,
+    RETRIEVAL_PROJECTOR_FILE,
+    read_light_config,
+    role_digest,
+    role_vision,
+    write_light_config,
+)
 from lamra.train.trainer import HARDWARE_LOG
 
 
 RETRIEVAL_RANK = 24  # with a second projector, keeps the package under 30 MB
-RETRIEVAL_PROJECTOR_FILE = "projector_retrieval.safetensors"
 
 
 def lora_deltas(adapter_dir: Path) -> dict[str, torch.Tensor]:
@@ -70,8 +79,10 @@ def fold_adapters(adapter_dirs: list[Path], out: Path, rank: int) -> float:
 
 
 def to_bf16(path: Path) -> None:
-    tensors = {k: v.to(torch.bfloat16).contiguous() for k, v in load_file(path).items()}
-    save_file(tensors, str(path))
+    tensors = load_file(path)
+    if all(v.dtype == torch.bfloat16 for v in tensors.values()):
+        return  # leave the bytes (and so the role digests) as they are
+    save_file({k: v.to(torch.bfloat16).contiguous() for k, v in tensors.items()}, str(path))
 
 
 def read_hardware(final: Path) -> list[dict]:
@@ -80,10 +91,34 @@ def read_hardware(final: Path) -> list[dict]:
     return json.loads(path.read_text()) if path.is_file() else []
 
 
+def fold_retrieval(retrieval_final: Path, folder: Path) -> None:
+    """``adapters/retrieval`` in ``folder``: the run's retrieval adapters folded into one."""
+    names = read_light_config(retrieval_final)["retrieval_adapters"]
+    error = fold_adapters([retrieval_final / name for name in names], folder / "adapters" / "retrieval", RETRIEVAL_RANK)
+    print(f"retrieval adapters folded to rank {RETRIEVAL_RANK}: worst relative error {error:.4f}")
+
+
+def package_retrieval(retrieval_final: Path, out_dir: Path) -> Path:
+    """LamRA-Ret alone (its adapters folded, bf16): what a reranker trained on top of it starts from."""
+    retrieval = read_light_config(retrieval_final)
+    vision = role_vision(retrieval, "retrieval")
+    with atomic_directory(out_dir) as folder:
+        shutil.copy(retrieval_final / vision["projector"], folder / PROJECTOR_FILE)
+        fold_retrieval(retrieval_final, folder)
+        for tensors in folder.rglob("*.safetensors"):
+            to_bf16(tensors)
+        hardware = read_hardware(retrieval_final)
+        write_light_config(folder, retrieval["image_grid"], ["adapters/retrieval"], None,
+                           vision["global_image_token"], None, {"retrieval": hardware} if hardware else None)
+    return out_dir
+
+
 def package_compact(retrieval_final: Path, rank_final: Path, out_dir: Path) -> Path:
     retrieval, rank = read_light_config(retrieval_final), read_light_config(rank_final)
     if not rank.get("rank_adapter"):
         raise ValueError(f"{rank_final} holds no rank adapter")
+    if "adapters" in rank.get("roles", {}).get("rank", {}):
+        return _package_stacked(retrieval_final, rank_final, out_dir)
     retrieval_vision, rank_vision = role_vision(retrieval, "retrieval"), role_vision(rank, "rank")
     retrieval_projector = load_file(retrieval_final / retrieval_vision["projector"])
     rank_projector = load_file(rank_final / rank_vision["projector"])
@@ -100,9 +135,7 @@ def package_compact(retrieval_final: Path, rank_final: Path, out_dir: Path) -> P
                               "global_image_token": retrieval_vision["global_image_token"]},
                 "rank": {"projector": PROJECTOR_FILE, "global_image_token": rank_vision["global_image_token"]},
             }
-        adapters = [retrieval_final / name for name in retrieval["retrieval_adapters"]]
-        error = fold_adapters(adapters, folder / "adapters" / "retrieval", RETRIEVAL_RANK)
-        print(f"retrieval adapters folded to rank {RETRIEVAL_RANK}: worst relative error {error:.4f}")
+        fold_retrieval(retrieval_final, folder)
         rank_dir = folder / "adapters" / "rank"
         rank_dir.mkdir(parents=True)
         for name in ("adapter_config.json", "adapter_model.safetensors"):
@@ -117,7 +150,30 @@ def package_compact(retrieval_final: Path, rank_final: Path, out_dir: Path) -> P
     return out_dir
 
 
+def _package_stacked(retrieval_final: Path, rank_final: Path, out_dir: Path) -> Path:
+    """A reranker trained on top of a LamRA-Ret (``rank_from_retriever``): its ``final/`` already
+    holds both roles, the retrieval one copied from where it started. That must be
+    ``retrieval_final`` itself (usually the package shipped before), so the retrieval role and every
+    cache keyed by its digest stay as they were; only the dtype of the new files changes."""
+    if role_digest(retrieval_final, "retrieval") != role_digest(rank_final, "retrieval"):
+        raise ValueError(f"{rank_final} was trained on top of another LamRA-Ret than {retrieval_final}: "
+                         "package with the retriever its recipe's init_from named")
+    retrieval, rank = read_light_config(retrieval_final), read_light_config(rank_final)
+    with atomic_directory(out_dir) as folder:
+        shutil.copytree(rank_final, folder, dirs_exist_ok=True)
+        for tensors in folder.rglob("*.safetensors"):
+            to_bf16(tensors)  # the copied retrieval files are bf16 already: their bytes do not change
+        trained_on = {"retrieval": retrieval.get("trained_on", {}).get("retrieval") or read_hardware(retrieval_final),
+                      "rank": read_hardware(rank_final)}
+        write_light_config(folder, rank["image_grid"], rank["retrieval_adapters"], rank["rank_adapter"],
+                           rank["global_image_token"], rank["roles"], {k: v for k, v in trained_on.items() if v})
+    return out_dir
+
+
 if __name__ == "__main__":
-    if len(sys.argv) != 4:
+    if len(sys.argv) == 3:
+        print(package_retrieval(Path(sys.argv[1]), Path(sys.argv[2])))
+    elif len(sys.argv) == 4:
+        print(package_compact(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])))
+    else:
         sys.exit(__doc__)
-    print(package_compact(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])))

@@ -85,6 +85,7 @@ class Recipe:
     mining_top_k: int = 100
     mining_pool_size: int | None = None  # mine in the positives + a seeded sample of this many (CPU budgets)
     mining_local: bool = False  # each query's top-K from its positives' datasets only (its local pool)
+    rank_from_retriever: bool = False  # compact: train on top of init_from's LamRA-Ret (adapters + projector)
     listwise_min_candidates: int = 2
     listwise_max_candidates: int = 5
 
@@ -259,5 +260,7 @@ def _check_recipe(recipe: Recipe, source: str) -> None:
         fail(f"mined_negative_depth must be positive, got {recipe.mined_negative_depth}")
     if recipe.adapter_name is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", recipe.adapter_name):
         fail(f"adapter_name must be a plain folder name, got {recipe.adapter_name!r}")
+    if recipe.rank_from_retriever and (recipe.stage != "rank" or recipe.backbone != "compact"):
+        fail("rank_from_retriever is for the compact backbone's rank stage")
     if not 2 <= recipe.listwise_min_candidates <= recipe.listwise_max_candidates:
         fail("need 2 <= listwise_min_candidates <= listwise_max_candidates")

@@ -68,10 +68,13 @@ def _load_compact(recipe: Recipe, role: str) -> Backbone:
                 f"{source} has {config['image_grid'] ** 2} visual tokens but the recipe asks for "
                 f"num_visual_tokens {grid * grid}"
             )
-        if role == "rank" and config.get("retrieval_adapters"):
+        if role == "rank" and config.get("retrieval_adapters") and not recipe.rank_from_retriever:
             raise StageSetupError(
-                f"rank trains from the base model (stage 0), but {source} carries retrieval adapters"
+                f"rank trains from the base model (stage 0), but {source} carries retrieval adapters "
+                "(set rank_from_retriever: true to train on top of that LamRA-Ret)"
             )
+        if recipe.rank_from_retriever and not config.get("retrieval_adapters"):
+            raise StageSetupError(f"rank_from_retriever: {source} holds no LamRA-Ret (no retrieval adapters)")
         return load_light_compact(source, role="retrieval", global_image_token=recipe.global_image_token)
     if not Path(source).is_dir():
         raise StageSetupError(
