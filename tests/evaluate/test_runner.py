@@ -15,7 +15,7 @@ from lamra.evaluate.fusion import RerankMethod, sweep_rerank_weights
 from lamra.evaluate.queries import pick_instruction
 from lamra.evaluate.report import load_results, write_report
 from lamra.evaluate.runner import choose_rerank_weights, evaluate_mbeir
-from lamra.evaluate.tables import results_page, retrieval_table, write_markdown
+from lamra.evaluate.tables import rerank_speed_table, results_page, retrieval_table, write_markdown
 from lamra.evaluate.trec import trec_eval_means
 from lamra.index import live_version
 
@@ -295,3 +295,16 @@ def test_sweep_can_choose_on_another_metric(toy_root):
     best = max(table.values())
     assert by_r1.best["toyname_task0"] == min(w for w, value in table.items() if value == best)
     assert (by_r1.best["toyname_task0"] > 0) == (best > table[0.0])
+
+
+def test_a_zero_weight_reranker_is_not_run_and_ranks_as_retrieval(toy_root):
+    def must_not_run(query, candidates, scores):
+        raise AssertionError("a reranker with w = 0 was asked for scores")
+
+    report = evaluate_mbeir(HashingEncoder(), toy_root, tasks=["toyname"], show_progress=False,
+                            rerankers=[RerankMethod("off", must_not_run, top_k=5, weights={"toyname_task0": 0.0})])
+    retrieval, off = report.result("model", "local", "toyname_task0"), report.result("off", "local", "toyname_task0")
+    assert off.metrics == retrieval.metrics
+    assert off.seconds["rerank_skipped"] and off.rerank_weight == 0.0
+    page = rerank_speed_table([r.to_json() for r in report.results], "local")
+    assert page.splitlines()[-1].split("|")[-2].strip() == "-"  # no time: it never ran

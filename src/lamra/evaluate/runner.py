@@ -28,6 +28,8 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
+import numpy as np
+
 from lamra.data.mbeir import MBEIRDataset, MBEIRQuery
 from lamra.data.mbeir_items import query_item
 from lamra.evaluate.fusion import (
@@ -157,12 +159,17 @@ def _evaluate_task_pool(encoder, cache: TaskPools, data: MBEIRDataset, task: Eva
     results = [TaskResult(method, pool, task, score_run(run, qrels, task), seconds=timing, run=run,
                           retrieved=retrieved)]
     for reranker in rerankers:
-        rerank_seconds = rerank_top_k(reranker, queries, instructions, retrieved, candidates, show_progress)
         weight = reranker.weight_for(task.key)
+        if weight == 0.0:  # the fused ranking is retrieval's whatever the scores: none are computed
+            for entry in retrieved.values():
+                entry.rerank_scores[reranker.name] = np.zeros(min(reranker.top_k, len(entry.dids)))
+            rerank_timing = {"rerank": 0.0, "rerank_skipped": True}
+        else:
+            rerank_seconds = rerank_top_k(reranker, queries, instructions, retrieved, candidates, show_progress)
+            rerank_timing = {"rerank": rerank_seconds, "rerank_per_query": rerank_seconds / len(queries)}
         fused = {qid: reranked_run(r, reranker.name, weight) for qid, r in retrieved.items()}
         results.append(TaskResult(
-            reranker.name, pool, task, score_run(fused, qrels, task),
-            seconds={**timing, "rerank": rerank_seconds, "rerank_per_query": rerank_seconds / len(queries)},
+            reranker.name, pool, task, score_run(fused, qrels, task), seconds={**timing, **rerank_timing},
             rerank_weight=weight, rerank_top_k=reranker.top_k, run=fused, retrieved=retrieved))
     return results
 

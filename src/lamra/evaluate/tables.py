@@ -112,7 +112,8 @@ def headline_legend(results: Sequence[Result]) -> str:
 def rerank_speed_table(results: Sequence[Result], pool: str, methods: Sequence[str] | None = None,
                        scale: float = 100.0) -> str:
     """Table 8: R@1 per task, its average, and seconds per query spent reranking (for retrieval-only
-    rows: encoding the query and searching). Tasks without R@1 (fashion datasets) are left out."""
+    rows: encoding the query and searching; tasks where a reranker's weight is 0, so it did not run,
+    are left out of its time). Tasks without R@1 (fashion datasets) are left out."""
     columns = [c for c in task_columns(r for r in results if r["pool"] == pool)
                if "R@1" in _metric_names(results, c["task"])]
     cells = _lookup(results, pool)
@@ -123,7 +124,7 @@ def rerank_speed_table(results: Sequence[Result], pool: str, methods: Sequence[s
             result = cells.get((method, column["task"]))
             metrics = result and result.get("metrics")
             values.append(metrics.get("R@1") if metrics else None)
-            if metrics:
+            if metrics and not result["seconds"].get("rerank_skipped"):  # w = 0: nothing was reranked
                 timing = result["seconds"]
                 per_query = timing.get("rerank_per_query", timing.get("per_query", 0.0))
                 seconds += per_query * metrics["queries"]
