@@ -39,14 +39,10 @@ stage stage0 compact-stage0
 stage stage1 "$S1"
 [[ -d "runs/$S1/merged" ]] || "$LAMRA" train merge --recipe "recipes/$S1.yaml"
 stage stage2 "$S2"
-RET_PACKAGE="runs/$S2-package"  # LamRA-Ret as it ships (adapters folded, bf16): the reranker trains on it
-[[ -f "$RET_PACKAGE/lamra.json" ]] || .venv/bin/python -m lamra.train.package "runs/$S2/final" "$RET_PACKAGE"
-MINED="runs/$S2/mined_local_all_top100.jsonl"  # every training query, by the retriever that ships
-[[ -f "$MINED" ]] || timed mining "$LAMRA" train mine --recipe recipes/compact-onret-rank.yaml \
-    --retriever "$RET_PACKAGE" --top-k 100 --out "$MINED"
-[[ -f runs/compact-onret-rank/final/lamra.json ]] || "$LAMRA" train rank --recipe recipes/compact-onret-rank.yaml \
-    --set "rerank_data=$MINED" --set "init_from=$RET_PACKAGE"
-.venv/bin/python -m lamra.train.package "$RET_PACKAGE" runs/compact-onret-rank/final src/lamra/weights/compact
+MINED="runs/$S2/mined_local_top100.jsonl"  # the rank recipe's mining, by this profile's retriever
+[[ -f "$MINED" ]] || timed mining "$LAMRA" train mine --recipe recipes/compact-rank.yaml --retriever "runs/$S2/final" --out "$MINED"
+[[ -f runs/compact-rank/final/lamra.json ]] || "$LAMRA" train rank --recipe recipes/compact-rank.yaml --set "rerank_data=$MINED"
+.venv/bin/python -m lamra.train.package "runs/$S2/final" runs/compact-rank/final src/lamra/weights/compact
 .venv/bin/python scripts/evaluate_pocketbeir.py all
 .venv/bin/python scripts/evaluate_rerank.py all
 .venv/bin/python -m lamra.train.report --runs runs --timings "$TIMINGS" --eval results/stages.md --out docs/training \

@@ -119,8 +119,8 @@ def sweep_rerank_weights(report: EvaluationReport, reranker: str, *, pool: str =
                          grid: Sequence[float] = DEFAULT_WEIGHT_GRID, metric: str | None = None) -> WeightSweep:
     """For each task, the w of ``grid`` with the best ``metric`` (default: the headline metric, R@5;
     R@10 fashion) on the report's split; ties go to the smallest w, so a reranker gets a weight only
-    where it beat retrieval alone on val (a val sample of ~100 queries a task cannot tell a tie from
-    noise, and ties once went to w = 1, which the test split then did not confirm). Refuses a
+    where it beat retrieval alone on val (a val split of 88-338 queries a task cannot tell a tie
+    from noise; ties once went to w = 1, which the test split then did not confirm). Refuses a
     test-split report. Listwise over the top 5 cannot move R@5: choose its w on R@1."""
     if report.split == "test":
         raise ValueError("fusion weights are chosen on val, never on test: evaluate split='val' first")
