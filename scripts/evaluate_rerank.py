@@ -15,8 +15,8 @@ rank run's ``final/`` (to measure it before packaging). Two rerankers, as in the
 Fusion is the official ``retrieval + w * rerank``. Each task's w is chosen on val from the grid
 below (pointwise on the task's headline R@5; listwise on R@1, since reordering the top 5 cannot move
 R@5), over all val queries (1,763; ``--val-queries N`` takes a seeded sample of N per task instead);
-the test split then runs once with those weights: all 3,980 queries, local pools. Work is kept per (split, task) under
-runs/rerank-eval/<reranker digest>/, so a rerun computes only what is missing.
+the test split then runs once with those weights: all 3,980 queries, local pools. Work is kept per
+(split, task) under runs/rerank-eval/<reranker digest>/, so a rerun computes only what is missing.
 """
 
 from __future__ import annotations

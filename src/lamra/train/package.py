@@ -118,7 +118,7 @@ def package_compact(retrieval_final: Path, rank_final: Path, out_dir: Path) -> P
     if not rank.get("rank_adapter"):
         raise ValueError(f"{rank_final} holds no rank adapter")
     if "adapters" in rank.get("roles", {}).get("rank", {}):
-        return _package_stacked(retrieval_final, rank_final, out_dir)
+        return _package_stacked(retrieval_final, retrieval, rank_final, rank, out_dir)
     retrieval_vision, rank_vision = role_vision(retrieval, "retrieval"), role_vision(rank, "rank")
     retrieval_projector = load_file(retrieval_final / retrieval_vision["projector"])
     rank_projector = load_file(rank_final / rank_vision["projector"])
@@ -150,7 +150,7 @@ def package_compact(retrieval_final: Path, rank_final: Path, out_dir: Path) -> P
     return out_dir
 
 
-def _package_stacked(retrieval_final: Path, rank_final: Path, out_dir: Path) -> Path:
+def _package_stacked(retrieval_final: Path, retrieval: dict, rank_final: Path, rank: dict, out_dir: Path) -> Path:
     """A reranker trained on top of a LamRA-Ret (``rank_from_retriever``): its ``final/`` already
     holds both roles, the retrieval one copied from where it started. That must be
     ``retrieval_final`` itself (usually the package shipped before), so the retrieval role and every
@@ -158,7 +158,6 @@ def _package_stacked(retrieval_final: Path, rank_final: Path, out_dir: Path) -> 
     if role_digest(retrieval_final, "retrieval") != role_digest(rank_final, "retrieval"):
         raise ValueError(f"{rank_final} was trained on top of another LamRA-Ret than {retrieval_final}: "
                          "package with the retriever its recipe's init_from named")
-    retrieval, rank = read_light_config(retrieval_final), read_light_config(rank_final)
     with atomic_directory(out_dir) as folder:
         shutil.copytree(rank_final, folder, dirs_exist_ok=True)
         for tensors in folder.rglob("*.safetensors"):
