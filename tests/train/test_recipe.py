@@ -74,6 +74,7 @@ def test_unknown_keys_and_bad_values_name_the_key_and_file(tmp_path):
         ("stage: stage2\nmined_negatives: m.jsonl\n", "mined_negatives is for stage2 with hard_negatives"),
         ("stage: stage2\nhard_negatives: 1\nmined_negatives: [1, 2]\n", "mined_negatives must be .*a list of strings"),
         ("stage: stage2\nadapter_name: ../stage2\n", "adapter_name must be a plain folder name"),
+        ("stage: stage2\nmined_negative_modality: image\n", "mined_negative_modality must be 'any' or 'other'"),
         ("stage: stage2\nrank_from_retriever: true\n", "rank_from_retriever is for the compact backbone's rank"),
         ("- just\n- a list\n", "mapping"),
         ("stage: [unclosed\n", "not valid YAML"),

@@ -89,6 +89,23 @@ def test_stage2_hard_negatives_come_from_the_mined_files(data, tmp_path):
     assert drawn == expected
 
 
+def test_modality_aware_negatives_keep_only_another_modality(data):
+    from lamra.train.retrieval import keep_other_modality
+    from lamra.train.stages.mbeir_data import MBEIRTrainData
+
+    recipe = load_recipe("smoke-stage2", overrides(data, data_path(data), "stage2"))
+    train = MBEIRTrainData.from_recipe(recipe)
+    pool_ids = list(train.pool)
+    mined = {q.qid: [*q.pos_cand_list, *pool_ids, "no-such-did"] for q in train.queries}
+    kept = keep_other_modality(mined, train)
+    assert set(kept) == {q.qid for q in train.queries}
+    for query in train.queries:
+        wanted = {train.pool[did].modality for did in query.pos_cand_list if did in train.pool}
+        expected = [did for did in pool_ids if train.pool[did].modality not in wanted]
+        assert kept[query.qid] == expected  # file order kept; positives and unknown dids dropped
+    assert any(kept.values()) and any(len(v) < len(pool_ids) for v in kept.values())
+
+
 def test_rank_samples(data, compact_backbone, tmp_path):
     from lamra.train.rerank import RerankSamples
     from lamra.train.stages.mbeir_data import MBEIRTrainData

@@ -72,6 +72,9 @@ class Recipe:
     hard_negatives: int = 0  # hard negatives per query as extra columns (0 = in-batch only)
     mined_negatives: str | list[str] | None = None  # stage 2: `lamra train mine` file(s): hard negatives
     mined_negative_depth: int = 20  # ... also drawn from each file's first N candidates per query
+    mined_negative_modality: str = "any"  # "other": keep only mined candidates of another modality than
+    # the query's positives (UniIR's modality-aware negatives: never a false negative, and exactly
+    # what crowds a global pool)
     symmetric_loss: bool = False  # also candidate -> query (CLIP style); official: false
 
     # Compact recipes (the Qwen recipes keep the paper's settings: all of these off).
@@ -256,6 +259,8 @@ def _check_recipe(recipe: Recipe, source: str) -> None:
         fail(f"hard_negatives must be >= 0, got {recipe.hard_negatives}")
     if recipe.mined_negatives and (recipe.stage != "stage2" or not recipe.hard_negatives):
         fail("mined_negatives is for stage2 with hard_negatives > 0")
+    if recipe.mined_negative_modality not in ("any", "other"):
+        fail(f"mined_negative_modality must be 'any' or 'other', got {recipe.mined_negative_modality!r}")
     if recipe.mined_negative_depth <= 0:
         fail(f"mined_negative_depth must be positive, got {recipe.mined_negative_depth}")
     if recipe.adapter_name is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", recipe.adapter_name):

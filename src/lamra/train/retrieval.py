@@ -54,6 +54,17 @@ def read_mined_negatives(recipe: Recipe) -> dict[str, list[str]] | None:
     return negatives
 
 
+def keep_other_modality(mined: dict[str, list[str]], data: MBEIRTrainData) -> dict[str, list[str]]:
+    """``mined_negative_modality: other``: each query keeps the mined candidates whose modality none of
+    its positives has (an image ranked above the caption an image query asks for)."""
+    kept = {}
+    for query in data.queries:
+        wanted = {data.pool[did].modality for did in query.pos_cand_list if did in data.pool}
+        kept[query.qid] = [did for did in mined.get(query.qid, [])
+                           if did in data.pool and data.pool[did].modality not in wanted]
+    return kept
+
+
 def read_text_pairs(recipe: Recipe) -> list[Example]:
     if not recipe.train_data:
         raise StageSetupError(f"recipe {recipe.name!r} (stage1) needs `train_data` (the text-pair csv)")

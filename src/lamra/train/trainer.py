@@ -12,6 +12,7 @@ each step is a pure function of (seed, step) (``BatchOrder``), so a resumed run 
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from collections.abc import Callable
@@ -163,6 +164,11 @@ class Trainer:
             indices = self.order.rank_indices(step, rank())
             self.optimizer.zero_grad(set_to_none=True)
             loss = float(self.step_fn(indices, self.order.epoch_of(step)))
+            if not math.isfinite(loss):  # stop before the optimizer writes NaN into every weight
+                raise FloatingPointError(
+                    f"{recipe.name or self.desc}: the loss of step {step + 1} is {loss}; the weights are "
+                    f"those after step {step} (checkpoints in {self.run_dir})"
+                )
             sync_gradients(self.params, self.grad_reduction)
             if recipe.max_grad_norm:
                 torch.nn.utils.clip_grad_norm_(self.params, recipe.max_grad_norm)
