@@ -308,3 +308,31 @@ def test_a_zero_weight_reranker_is_not_run_and_ranks_as_retrieval(toy_root):
     assert off.seconds["rerank_skipped"] and off.rerank_weight == 0.0
     page = rerank_speed_table([r.to_json() for r in report.results], "local")
     assert page.splitlines()[-1].split("|")[-2].strip() == "-"  # no time: it never ran
+
+
+def test_a_candidate_is_encoded_once_across_pools(toy_root, tmp_path):
+    """The global pool holds the local pools' candidates: with or without an index cache, each did is
+    encoded once per evaluation, and the scores match a run that encodes every pool on its own."""
+    from lamra.data.mbeir import cand_pool_dict, global_pool_relpath, read_jsonl
+
+    class DidCounting(HashingEncoder):
+        def __init__(self):
+            super().__init__()
+            self.dids = []
+
+        def encode(self, items, *args, **kwargs):
+            self.dids += [item["did"] for item in items if isinstance(item, dict) and "did" in item]
+            return super().encode(items, *args, **kwargs)
+
+    global_dids = set(cand_pool_dict(read_jsonl(toy_root / global_pool_relpath("test"), "candidate")))
+    results = []
+    for index_dir in (None, tmp_path / "cache"):
+        encoder = DidCounting()
+        report = evaluate_mbeir(encoder, toy_root, pools=("local", "global"), index_dir=index_dir, show_progress=False)
+        assert len(encoder.dids) == len(set(encoder.dids)) and set(encoder.dids) <= global_dids
+        results.append({(r.pool, r.task.key): r.metrics for r in report.results})
+    separately = {}
+    for pool in ("local", "global"):  # one evaluation per pool: nothing to share
+        report = evaluate_mbeir(HashingEncoder(), toy_root, pools=(pool,), show_progress=False)
+        separately.update({(r.pool, r.task.key): r.metrics for r in report.results})
+    assert results[0] == results[1] == separately

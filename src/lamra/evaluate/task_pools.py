@@ -60,8 +60,14 @@ class TaskPools:
         root = self.data.root
 
         def encode(batch):
-            return self.encoder.encode(batch, batch_size=self.batch_size, show_progress=False,
-                                       image_root=root, role="document")
+            # A candidate already embedded for another pool of this evaluation is not encoded again:
+            # the local pools and the global pool hold the same items, so this halves a full run.
+            fresh = [item for item in batch if item["did"] not in self.candidate_vectors]
+            if fresh:
+                vectors = self.encoder.encode(fresh, batch_size=self.batch_size, show_progress=False,
+                                              image_root=root, role="document")
+                self.candidate_vectors.update(zip((item["did"] for item in fresh), vectors))
+            return np.stack([self.candidate_vectors[item["did"]] for item in batch])
 
         # approximate search only pays off on large pools: small (local) pools stay exact
         index_type = self.index_type if len(ids) >= MIN_APPROXIMATE_POOL else "flat"
@@ -71,13 +77,10 @@ class TaskPools:
             index = load_or_build_index(encode, items, ids, directory, model_name=self.model_name,
                                         pool_path=path, batch_size=self.batch_size, index_type=index_type,
                                         show_progress=self.show_progress)
+            self.candidate_vectors.update(zip(index.ids, index.vectors))  # rows of a loaded index: views
         else:
-            missing = [i for i, did in enumerate(ids) if did not in self.candidate_vectors]
-            if missing:
-                fresh = encode_in_batches(encode, [items[i] for i in missing], batch_size=self.batch_size,
-                                          show_progress=self.show_progress, desc=f"encoding {path.stem}")
-                self.candidate_vectors.update((ids[i], vector) for i, vector in zip(missing, fresh))
-            vectors = np.stack([self.candidate_vectors[did] for did in ids])
+            vectors = encode_in_batches(encode, items, batch_size=self.batch_size,
+                                        show_progress=self.show_progress, desc=f"encoding {path.stem}")
             index = VectorIndex.from_vectors(vectors, ids, model_name=self.model_name, index_type=index_type,
                                              assume_normalised=True)
         self.indexes[path] = (index, time.perf_counter() - start)
