@@ -331,6 +331,10 @@ def test_a_candidate_is_encoded_once_across_pools(toy_root, tmp_path):
         report = evaluate_mbeir(encoder, toy_root, pools=("local", "global"), index_dir=index_dir, show_progress=False)
         assert len(encoder.dids) == len(set(encoder.dids)) and set(encoder.dids) <= global_dids
         results.append({(r.pool, r.task.key): r.metrics for r in report.results})
+    evaluate_mbeir(HashingEncoder(), toy_root, pools=("local",), index_dir=tmp_path / "locals", show_progress=False)
+    encoder = DidCounting()  # the local pools are cached: the global pool is built from their vectors
+    evaluate_mbeir(encoder, toy_root, pools=("global", "local"), index_dir=tmp_path / "locals", show_progress=False)
+    assert encoder.dids == []
     separately = {}
     for pool in ("local", "global"):  # one evaluation per pool: nothing to share
         report = evaluate_mbeir(HashingEncoder(), toy_root, pools=(pool,), show_progress=False)

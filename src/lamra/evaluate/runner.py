@@ -98,7 +98,7 @@ def evaluate_mbeir(
             raise ValueError(f"pool {pool!r}: expected one of {POOLS}")
     cache = TaskPools(encoder, data, model_name=model_name, batch_size=batch_size, index_dir=index_dir,
                        index_type=index_type, show_progress=show_progress)
-    results = []
+    prepared = []
     for task in list_tasks(data, split, tasks):
         queries = sample_queries(list(data.queries(split, task.dataset, task.task_id)), queries_per_task,
                                  f"{seed}:{task.key}")
@@ -108,7 +108,12 @@ def evaluate_mbeir(
         local = cache.candidates(cache.pool_path("local", task, split))
         instructions = [pick_instruction(data, q, positive_modality(q, local, task), choice=instruction_choice,
                                          seed=seed) for q in queries]
-        for pool in pools:
+        prepared.append((task, queries, instructions, qrels))
+    results = []
+    # Pool by pool, local first: the global pool is the union of the local pools, so once they are
+    # indexed (or loaded from the cache) it needs no encoding of its own.
+    for pool in sorted(pools, key=lambda name: name != "local"):
+        for task, queries, instructions, qrels in prepared:
             results.extend(_evaluate_task_pool(
                 encoder, cache, data, task, pool, split, queries, instructions, qrels, method, rerankers,
                 batch_size=batch_size, run_depth=run_depth, show_progress=show_progress))
