@@ -32,3 +32,18 @@ def test_a_nonfinite_loss_stops_the_run_and_keeps_the_weights(tmp_path, bad):
     assert torch.isfinite(model.weight).all()
     assert torch.equal(model.weight, weights_after[2])  # step 3's update was never applied
     assert (tmp_path / "run" / "checkpoint-2").is_dir()
+
+
+def test_the_cli_reports_a_nonfinite_loss_in_one_line(monkeypatch):
+    from typer.testing import CliRunner
+
+    import lamra.train.stages as stages
+    from lamra.train.cli import train_app
+
+    def diverged(recipe, show_progress=True):
+        raise FloatingPointError("smoke-stage1: the loss of step 3 is nan; the weights are those after step 2")
+
+    monkeypatch.setattr(stages, "run_stage", diverged)
+    result = CliRunner().invoke(train_app, ["stage1", "--recipe", "smoke-stage1"])
+    assert result.exit_code == 1 and "error: smoke-stage1: the loss of step 3 is nan" in result.output
+    assert isinstance(result.exception, SystemExit) and "Traceback" not in result.output  # typer.Exit, no crash

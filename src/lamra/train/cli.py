@@ -60,7 +60,7 @@ def _train(stage: str, recipe: str, overrides: list[str] | None, quiet: bool) ->
     loaded = _recipe(recipe, overrides, stage)
     try:
         result = run_stage(loaded, show_progress=not quiet)
-    except (StageSetupError, MBEIRFormatError, InputError, FileNotFoundError) as error:
+    except (StageSetupError, MBEIRFormatError, InputError, FileNotFoundError, FloatingPointError) as error:
         _fail(error)
         return
     if is_main_process():
