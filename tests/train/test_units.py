@@ -81,7 +81,7 @@ def test_stage2_hard_negatives_come_from_the_mined_files(data, tmp_path):
         files[-1].write_text(json.dumps({"qid": query.qid, "gt_docs": query.pos_cand_list, "top_docs": top}) + "\n")
     recipe = load_recipe("smoke-stage2", overrides(data, data_path(data), "stage2", hard_negatives=1,
                                                     mined_negatives=[str(f) for f in files], mined_negative_depth=2))
-    mined = read_mined_negatives(recipe)
+    mined = read_mined_negatives(recipe, train)
     assert mined == {query.qid: [query.pos_cand_list[0], others[0], others[2], others[3]]}  # 2 from each file
     offered = set(query.neg_cand_list) | {others[0], others[2], others[3]}  # the positive never
     drawn = {tuple(_texts(stage2_example(train, 0, epoch, 1, 0.0, mined))[2][0]) for epoch in range(40)}
@@ -89,8 +89,8 @@ def test_stage2_hard_negatives_come_from_the_mined_files(data, tmp_path):
     assert drawn == expected
 
 
-def test_modality_aware_negatives_keep_only_another_modality(data):
-    from lamra.train.retrieval import keep_other_modality
+def test_modality_aware_negatives_keep_only_another_modality(data, tmp_path):
+    from lamra.train.retrieval import keep_other_modality, read_mined_negatives
     from lamra.train.stages.mbeir_data import MBEIRTrainData
 
     recipe = load_recipe("smoke-stage2", overrides(data, data_path(data), "stage2"))
@@ -104,6 +104,13 @@ def test_modality_aware_negatives_keep_only_another_modality(data):
         expected = [did for did in pool_ids if train.pool[did].modality not in wanted]
         assert kept[query.qid] == expected  # file order kept; positives and unknown dids dropped
     assert any(kept.values()) and any(len(v) < len(pool_ids) for v in kept.values())
+    mined_file = tmp_path / "mined.jsonl"  # the recipe key applies it where mined negatives are read
+    mined_file.write_text("".join(json.dumps({"qid": qid, "gt_docs": [], "top_docs": top}) + "\n"
+                                  for qid, top in mined.items()))
+    recipe = load_recipe("smoke-stage2", overrides(data, data_path(data), "stage2", hard_negatives=1,
+                                                    mined_negatives=str(mined_file), mined_negative_depth=1000,
+                                                    mined_negative_modality="other"))
+    assert read_mined_negatives(recipe, train) == kept
 
 
 def test_rank_samples(data, compact_backbone, tmp_path):

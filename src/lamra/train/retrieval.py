@@ -38,10 +38,11 @@ Example = tuple[list[Segment], list[Segment], list[list[Segment]]]
 TEMPLATE_TOKENS = 32
 
 
-def read_mined_negatives(recipe: Recipe) -> dict[str, list[str]] | None:
+def read_mined_negatives(recipe: Recipe, data: MBEIRTrainData) -> dict[str, list[str]] | None:
     """qid -> the first ``mined_negative_depth`` candidates of each mined file, in file order (None
     without ``mined_negatives``). Several files: e.g. one mined in the local pools (the right modality,
-    near misses of content) and one in the global pool (the wrong modality ranked too high)."""
+    near misses of content) and one in the global pool (the wrong modality ranked too high).
+    ``mined_negative_modality: other`` keeps only those of another modality than the positives."""
     if not recipe.mined_negatives:
         return None
     from lamra.train.mining import read_mined
@@ -51,12 +52,12 @@ def read_mined_negatives(recipe: Recipe) -> dict[str, list[str]] | None:
     for path in files:
         for qid, record in read_mined(path).items():
             negatives.setdefault(qid, []).extend(record["top_docs"][: recipe.mined_negative_depth])
-    return negatives
+    return keep_other_modality(negatives, data) if recipe.mined_negative_modality == "other" else negatives
 
 
 def keep_other_modality(mined: dict[str, list[str]], data: MBEIRTrainData) -> dict[str, list[str]]:
-    """``mined_negative_modality: other``: each query keeps the mined candidates whose modality none of
-    its positives has (an image ranked above the caption an image query asks for)."""
+    """Each query keeps the mined candidates whose modality none of its positives has (an image ranked
+    above the caption an image query asks for)."""
     kept = {}
     for query in data.queries:
         wanted = {data.pool[did].modality for did in query.pos_cand_list if did in data.pool}

@@ -22,9 +22,7 @@ TRAINS_LORA = True
 def prepare(recipe: Recipe, backbone) -> StageSteps:
     data = MBEIRTrainData.from_recipe(recipe)
     warm_vision_features(backbone, recipe, data)
-    mined = retrieval.read_mined_negatives(recipe)
-    if mined is not None and recipe.mined_negative_modality == "other":
-        mined = retrieval.keep_other_modality(mined, data)
+    mined = retrieval.read_mined_negatives(recipe, data)
 
     def example(index: int, epoch: int):
         return retrieval.stage2_example(data, index, epoch, recipe.hard_negatives, recipe.no_instruction_ratio, mined)
