@@ -1,23 +1,30 @@
-"""Stage-2 training throughput of the compact LMM: the first shipped pipeline against today's, in one process.
+"""Stage-2 training throughput of the compact LMM: the first shipped pipeline, then each speed-up added
+on top of the one before, all in one process.
 
-Both run ``lamra.train.retrieval.contrastive_step_fn`` (GradCache, batch 32, max_length 96, bf16
+Every row runs ``lamra.train.retrieval.contrastive_step_fn`` (GradCache, batch 32, max_length 96, bf16
 autocast, LoRA r16 on every Linear of the language model) on PocketBEIR's training queries:
 
-- before: LoRA dropout 0.05, batches drawn across all 8 tasks, the vision cache cold (every image of
-  a step goes through EfficientNet, as in the first epoch of the first shipped run);
-- after:  the compact recipe (recipes/compact-stage2.yaml): no LoRA dropout, one task per batch (no
-  long passage pads a batch of short image queries), features of the frozen tower computed once and
-  kept on disk; it also trains the projector, adds the global visual token and the reverse loss, which
-  cost time rather than save it.
+1. first pipeline: LoRA dropout 0.05, batches drawn across all 8 tasks, the vision cache cold (every
+   image of a step goes through EfficientNet, as in the first epoch of the first shipped run), PyTorch's
+   SDPA attention kernel, peft's casts of every LoRA input, the template tail after ``<emb>`` kept, each
+   side in one padded forward;
+2. + compact recipe (recipes/compact-stage2.yaml): no LoRA dropout, one task per batch, features of the
+   frozen tower computed once and kept on disk (it also trains the projector, adds the global visual
+   token and the reverse loss, which cost time rather than save it);
+3. + plain matmul attention on CPU (``lamra.backbones.compact.attention_for``);
+4. + no peft input casts under autocast (``disable_input_dtype_casting``: the same arithmetic);
+5. + the template tokens after ``<emb>`` cut (``drop_tail_after_emb``: the pooled state cannot see them).
 
-Prints examples/s per setting (the ratio is after / before) and, for "after", where a step's time goes.
+Rows 2-5 train on the same batches; row 1 draws mixed-task batches, as that pipeline did. Prints
+examples/s per row and its ratio to row 1, and where a step of the last row goes.
 
-    .venv/bin/python benchmarks/train_step.py [--steps 4]     (needs lamra data build pocketbeir)
+    .venv/bin/python benchmarks/train_step.py [--steps 3]     (needs lamra data build pocketbeir)
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import time
 
@@ -26,6 +33,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch
 
+import lamra.backbones.compact as compact
+import lamra.retriever as retriever
+import lamra.train.retrieval as retrieval
 from lamra.backbones.compact import CompactBackbone, VisionFeatureCache
 from lamra.prompts import embedding_messages
 from lamra.train.lora import add_lora
@@ -34,11 +44,26 @@ from lamra.train.retrieval import contrastive_step_fn, make_embed_fn, stage2_exa
 from lamra.train.schedule import BatchOrder, GroupedBatchOrder
 from lamra.train.stages.mbeir_data import MBEIRTrainData
 
-SETTINGS = {
-    "before": dict(lora_dropout=0.05, batch_by_task=False, train_projector=False, global_image_token=False,
-                   symmetric_loss=False, no_instruction_ratio=0.0),
-    "after": {},  # recipes/compact-stage2.yaml as it is
+FIRST_PIPELINE = dict(lora_dropout=0.05, batch_by_task=False, train_projector=False, global_image_token=False,
+                      symmetric_loss=False, no_instruction_ratio=0.0)
+# name -> (recipe overrides, speed-ups on): each row adds one speed-up to the row before.
+SPEED_UPS = ("eager attention", "no peft casts", "tail cut")
+ROWS = {
+    "first pipeline": (FIRST_PIPELINE, 0),
+    "+ compact recipe (one-task batches, features on disk)": ({}, 0),
+    "+ plain matmul attention on CPU": ({}, 1),
+    "+ no peft input casts": ({}, 2),
+    "+ template tail after <emb> cut": ({}, 3),
 }
+ORIGINALS = (compact.attention_for, retrieval.disable_input_dtype_casting, retriever.drop_tail_after_emb)
+
+
+def switch_speed_ups(count: int) -> None:
+    """Turn the first ``count`` of SPEED_UPS' code paths on, the others off."""
+    attention, casting, tail = ORIGINALS
+    compact.attention_for = attention if count >= 1 else (lambda device: "sdpa")
+    retrieval.disable_input_dtype_casting = casting if count >= 2 else (lambda model, active: contextlib.nullcontext())
+    retriever.drop_tail_after_emb = tail if count >= 3 else (lambda inputs, emb_token_id: inputs)
 
 
 def build(settings: dict, data: MBEIRTrainData, warm: bool):
@@ -68,21 +93,23 @@ def timed(fn) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=4, help="timed steps per setting (after one warm-up)")
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per row (after one warm-up)")
     args = parser.parse_args()
     data = MBEIRTrainData.from_recipe(load_recipe("compact-stage2"))
     speeds, profile = {}, {}
-    for name, settings in SETTINGS.items():
-        recipe, backbone, order, step, optimizer = build(settings, data, warm=name == "after")
+    last = list(ROWS)[-1]
+    for name, (settings, speed_ups) in ROWS.items():
+        switch_speed_ups(speed_ups)
+        recipe, backbone, order, step, optimizer = build(settings, data, warm=name != "first pipeline")
         backbone.model.train()
         seconds = 0.0
         for i in range(args.steps + 1):
-            indices = order.global_indices(100 + i)  # the same steps for both settings' seeds
+            indices = order.global_indices(100 + i)  # the same steps in every row of one batch order
             optimizer.zero_grad(set_to_none=True)
             took = timed(lambda: (step(indices, 0), optimizer.step()))
             seconds += took if i else 0.0  # the first step warms up allocators and caches
         speeds[name] = args.steps * recipe.batch_size / seconds
-        if name == "after":  # where the time goes, on one more batch
+        if name == last:  # where the time goes, on one more batch
             embed = make_embed_fn(backbone, recipe)
             examples = []
             profile["make examples (images decoded)"] = timed(lambda: examples.extend(
@@ -95,13 +122,15 @@ def main() -> None:
             profile["full step (forward + backward + AdamW)"] = timed(lambda: (step(order.global_indices(200), 0),
                                                                                  optimizer.step()))
         del backbone, step, optimizer
+    switch_speed_ups(len(SPEED_UPS))
+    first = speeds["first pipeline"]
     print(f"\nStage-2 training throughput, batch 32, {args.steps} timed steps each, "
           f"{torch.get_num_threads()} threads\n")
-    print("| setting | examples/s | ratio to before |\n|---|---:|---:|")
+    print("| setting | examples/s | ratio to the first pipeline |\n|---|---:|---:|")
     for name, speed in speeds.items():
-        print(f"| {name} | {speed:.2f} | {speed / speeds['before']:.2f}x |")
+        print(f"| {name} | {speed:.2f} | {speed / first:.2f}x |")
     total = profile["full step (forward + backward + AdamW)"]
-    print("\nWhere an 'after' step goes (one batch)\n\n| phase | seconds | share of the step |\n|---|---:|---:|")
+    print("\nWhere a step of the last row goes (one batch)\n\n| phase | seconds | share of the step |\n|---|---:|---:|")
     for phase, seconds in profile.items():
         print(f"| {phase} | {seconds:.2f} | {seconds / total:.0%} |")
 

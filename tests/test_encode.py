@@ -11,7 +11,9 @@ from lamra import LamRA
 from lamra.items import InputError
 from lamra.backbones.qwen_vl import QwenVLBackbone
 from lamra.prompts import embedding_messages
-from lamra.retriever import embed_conversations
+from lamra.retriever import (
+    drop_tail_after_emb, embed_conversations, pool_before_emb,
+)
 
 # Measured on this CPU (compact LMM, bf16 autocast, batch vs the same item alone): min cosine
 # 0.99991 over the five mixed items; bf16 weights: 0.99987. The threshold leaves a margin.
@@ -220,3 +222,43 @@ def test_search_over_precomputed_corpus_embeddings_equals_encoding_the_corpus(co
     assert [h.id for h in reused].index(0) < [h.id for h in reused].index(3)  # equal scores: corpus order
     with pytest.raises(InputError, match="3 corpus embeddings for 4"):
         compact_model.search(["x"], corpus=embedded.items, corpus_embeddings=embedded.vectors[:3])
+
+
+# --- the speed paths change nothing: the tail after <emb> cut, the CPU attention kernel ---
+
+def test_tail_after_emb_is_cut_and_the_vector_is_the_same(model, images):
+    backbone = model.backbone
+    conversations = [embedding_messages(s) for s in (["tiny"], [images[0], "a photo of noise"])]
+    inputs = backbone.build_inputs(conversations)
+    cut = drop_tail_after_emb(inputs, backbone.emb_token_id)
+    assert cut["input_ids"].shape[1] < inputs["input_ids"].shape[1]
+    assert (cut["input_ids"][:, -1] == backbone.emb_token_id).all()
+    with torch.no_grad():
+        whole = pool_before_emb(backbone.hidden_states(inputs), inputs["input_ids"], backbone.emb_token_id)
+        short = pool_before_emb(backbone.hidden_states(cut), cut["input_ids"], backbone.emb_token_id)
+    assert torch.allclose(whole, short, atol=1e-5)
+
+
+def test_tail_is_kept_when_rows_end_differently():
+    emb = 7
+    right_padded = {"input_ids": torch.tensor([[1, emb, 2, 0], [1, 1, emb, 2]]), "attention_mask": torch.ones(2, 4)}
+    no_emb = {"input_ids": torch.tensor([[1, emb, 2], [1, 1, 2]]), "attention_mask": torch.ones(2, 3)}
+    assert drop_tail_after_emb(right_padded, emb) is right_padded
+    assert drop_tail_after_emb(no_emb, emb) is no_emb
+    aligned = {"input_ids": torch.tensor([[0, emb, 2, 3], [1, emb, 2, 3]]), "attention_mask": torch.ones(2, 4),
+               "image_features": torch.ones(5, 4)}
+    cut = drop_tail_after_emb(aligned, emb)
+    assert cut["input_ids"].tolist() == [[0, emb], [1, emb]] and cut["attention_mask"].shape == (2, 2)
+    assert cut["image_features"] is aligned["image_features"]  # per image, not per token
+
+
+def test_cpu_attention_kernel_computes_what_sdpa_computes(compact_model, images, monkeypatch):
+    import lamra.backbones.compact as compact
+
+    items = mixed_items(images)
+    assert compact.attention_for(torch.device("cpu")) == "eager"
+    eager = compact_model.encode(items)
+    monkeypatch.setattr(compact, "attention_for", lambda device: "sdpa")
+    sdpa = compact_model.encode(items)
+    assert compact_model.backbone.hf_model.language_model.config._attn_implementation == "sdpa"
+    assert (eager * sdpa).sum(axis=1).min() > 0.99999

@@ -70,9 +70,30 @@ def embed_conversations(
     if max_length is not None and padding_side != "left":
         raise ValueError("max_length needs left padding (a cut row's last token is then the batch's last)")
     inputs = backbone.build_inputs(conversations, padding_side=padding_side, max_length=max_length)
+    if padding_side == "left" and max_length is None:
+        inputs = drop_tail_after_emb(inputs, backbone.emb_token_id)
     hidden = backbone.hidden_states(inputs)
     return pool_before_emb(hidden, inputs["input_ids"].to(hidden.device), backbone.emb_token_id,
                            cut_rows_take_last=max_length is not None)
+
+
+# Inputs whose columns are token positions (cut with input_ids); anything else is per image or per row.
+PER_TOKEN_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids")
+
+
+def drop_tail_after_emb(inputs: dict[str, torch.Tensor], emb_token_id: int) -> dict[str, torch.Tensor]:
+    """Cut the template tokens that follow ``<emb>`` (``.<|im_end|>\n``). The pooled state, the one
+    before ``<emb>``, cannot see them in a causal model, so the embedding is the same and the forward
+    shorter. With left padding every row's ``<emb>`` sits in the same column; otherwise nothing is cut."""
+    ids = inputs["input_ids"]
+    is_emb = ids == emb_token_id
+    if ids.numel() == 0 or not bool(is_emb.any(dim=1).all()):
+        return inputs
+    last_emb = ids.shape[1] - 1 - is_emb.flip(dims=[1]).int().argmax(dim=1)
+    keep = int(last_emb[0]) + 1
+    if bool((last_emb != last_emb[0]).any()) or keep == ids.shape[1]:
+        return inputs
+    return {key: value[:, :keep] if key in PER_TOKEN_KEYS else value for key, value in inputs.items()}
 
 
 def sort_key(segments: list[Segment]) -> int:

@@ -30,6 +30,41 @@ def test_lora_only_on_language_model_linears_qwen(tiny_qwen_dirs):
     assert trainable and all("lora_" in n for n in trainable)
 
 
+def test_skipping_peft_input_casts_under_autocast_changes_no_gradient(tiny_qwen_dirs, monkeypatch):
+    """make_embed_fn turns off peft's cast of LoRA inputs to fp32 under bf16 autocast: the matmul casts
+    them back at once, so embeddings and gradients must come out exactly as with the casts."""
+    import contextlib
+
+    import lamra.train.retrieval as retrieval
+    from lamra.backbones.qwen_vl import QwenVLBackbone
+    from lamra.train.lora import add_lora
+    from lamra.train.recipe import Recipe
+
+    backbone = QwenVLBackbone.from_pretrained(tiny_qwen_dirs["qwen2_vl"])
+    add_lora(backbone, 4, 8, 0.0)
+    torch.manual_seed(0)
+    for name, param in backbone.model.named_parameters():
+        if "lora_B" in name:  # peft starts B at zero, which would leave A without a gradient
+            torch.nn.init.normal_(param, std=0.1)
+    recipe = Recipe(stage="stage2", backbone="qwen2-vl", bf16=True, max_length=64)
+    batch = [["a short query"], ["a much longer query about a red square on a white page"]]
+    results = []
+    for casts in (True, False):
+        if casts:
+            monkeypatch.setattr(retrieval, "disable_input_dtype_casting", lambda model, active: contextlib.nullcontext())
+        else:
+            monkeypatch.undo()
+        backbone.model.zero_grad()
+        embedded = retrieval.make_embed_fn(backbone, recipe)(batch)
+        embedded.float().sum().backward()
+        grads = [p.grad.clone() for n, p in backbone.model.named_parameters() if p.grad is not None]
+        results.append((embedded.detach(), grads))
+    (vectors_cast, grads_cast), (vectors, grads) = results
+    assert len(grads) == 2 * 7 * 2  # every LoRA A and B got a gradient
+    assert torch.equal(vectors_cast, vectors)
+    assert all(torch.allclose(a, b, rtol=1e-3, atol=1e-6) for a, b in zip(grads_cast, grads))
+
+
 def test_lora_pattern_on_compact_hits_exactly_the_lm_linears(compact_backbone):
     pattern = compact_backbone.lora_target_modules
     hit = [n for n, m in compact_backbone.hf_model.named_modules() if re.fullmatch(pattern, n)]

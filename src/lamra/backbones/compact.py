@@ -25,6 +25,13 @@ from lamra.prompts import EMB_TOKEN
 
 IMAGE_TOKEN = "<image>"
 
+
+def attention_for(device: torch.device) -> str:
+    """The language model's attention kernel on ``device``. On CPU, PyTorch's fused SDPA kernel is
+    slower than plain matmul attention on sequences this short (its backward most of all: a training
+    step takes about 1.25x as long, ``benchmarks/train_step.py``); both compute the same function."""
+    return "sdpa" if device.type == "cuda" else "eager"
+
 AutoConfig.register(CompactLMMConfig.model_type, CompactLMMConfig, exist_ok=True)
 AutoModel.register(CompactLMMConfig, CompactLMMForConditionalGeneration, exist_ok=True)
 
@@ -204,6 +211,7 @@ class CompactBackbone(Backbone):
         differs = (embeds != embeds[:1]).any(dim=-1).any(dim=0) | (mask == 0).any(dim=0)
         shared = int(differs.int().argmax()) if bool(differs.any()) else ids.shape[1]
         shared = min(shared, int(lengths.min()) - 1)  # every row keeps at least its last token
+        self.select_attention()
         decoder = self.hf_model.language_model.model
         prefix = decoder(inputs_embeds=embeds[:1, :shared], attention_mask=mask[:1, :shared],
                          position_ids=torch.arange(shared, device=self.device)[None], use_cache=True)
@@ -223,6 +231,14 @@ class CompactBackbone(Backbone):
             last.append(hidden[torch.arange(count, device=self.device), lengths[rows] - 1 - shared])
         return torch.cat(last)
 
+    def select_attention(self) -> None:
+        """Use the attention kernel that is fastest where the model now lives (``attention_for``)."""
+        config = self.hf_model.language_model.config
+        wanted = attention_for(self.device)
+        if config._attn_implementation != wanted:
+            config._attn_implementation = wanted
+
     def hidden_states(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        self.select_attention()
         inputs = {k: v.to(self.device) for k, v in inputs.items()}
         return self.hf_model.last_hidden_state(**inputs)

@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import torch
+from peft.helpers import disable_input_dtype_casting
 
 from lamra.backbones.base import Backbone
 from lamra.data.nli_csv import read_nli_csv
@@ -117,7 +118,10 @@ def make_embed_fn(backbone: Backbone, recipe: Recipe) -> Callable[[Sequence[list
 
     def embed(batch: Sequence[list[Segment]]) -> torch.Tensor:
         conversations = [embedding_messages(backbone.truncate_segments(segments, max_text)) for segments in batch]
-        with autocast(recipe, backbone.device):
+        # Under autocast, peft's cast of each LoRA input to the adapter's fp32 is undone at once by
+        # the matmul's cast back to bf16: skipping both computes the same and saves two copies of
+        # every activation per adapted layer (about a sixth of a CPU step).
+        with autocast(recipe, backbone.device), disable_input_dtype_casting(backbone.model, active=recipe.bf16):
             return embed_conversations(backbone, conversations)
 
     return embed
