@@ -17,10 +17,12 @@ from lamra.model import SHIPPED_DIR
 
 # Measured with this test's procedure on the shipped weights (bf16 autocast, CPU): 40 t->i queries
 # against a concept-subsampled pool (the first shipped model: 0.125 and 0.025; the second, trained
-# on CPU: 0.35 and 0.10). Reranked R@1 was 0.175 with bf16 logits, 0.225 with the lm_head in fp32
-# (retrieval alone: 0.20). The reranker retrained on locally mined negatives (results/rerank.md)
-# passes the same floor; its own figure on this subset was not re-measured. See results/pocketbeir.md.
-MEASURED = {"retrieval_r5": 0.60, "rerank_r1": 0.225}
+# on CPU: 0.35 and 0.10; the third, stages 1 and 2 on a GPU: 0.60 and 0.225, 0.20 with the CPU
+# attention kernel). The fourth (stage 2 continued on CPU, recipes/compact-more-stage2.yaml) scores
+# higher on the full test split (results/pocketbeir.md, EmojiName 8.4 -> 8.9 R@5 over 382 queries)
+# but lower on these 40: 0.525 (retrieval R@1 0.20 as before) and reranked R@1 0.15, three and two
+# queries fewer, within this subset's noise. The floors follow what is shipped.
+MEASURED = {"retrieval_r5": 0.525, "rerank_r1": 0.15}
 TASK = "emojiname_task0"  # t -> i: "grinning face with big eyes" -> the emoji image
 
 
@@ -69,7 +71,8 @@ FIXED_QUERIES = [
     (("the same emoji", "twitter-1f431.png"), None, "cat face"),
     (("the same food", "twitter-1f355.png"), None, "pizza"),
 ]
-# Measured on the shipped weights: 12 of 16 (a blind model gets about 1; the CPU-trained model 11).
+# Measured on the shipped weights: 12 of 16 (a blind model gets about 1; the CPU-trained model 11;
+# the GPU-trained one and its CPU continuation, shipped now, 12 with the same misses).
 # The bar, 10 of 12 (0.83), is not met yet; this floor guards what is shipped, one miss below
 # the measurement. Misses: "a pet that meows" and "a loyal pet that barks" swap cat and dog, football
 # -> fish, "the moon at night" -> rainbow.

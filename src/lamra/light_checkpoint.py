@@ -148,5 +148,5 @@ def write_light_config(
     if roles:
         config["roles"] = roles
     if trained_on:
-        config["trained_on"] = trained_on  # per role: the hardware of each session of its last stage
+        config["trained_on"] = trained_on  # per role: the hardware of each session of each stage, named by run
     atomic_write_text(Path(path) / CONFIG_NAME, json.dumps(config, indent=2) + "\n")

@@ -101,7 +101,11 @@ def test_stage2_trains_the_projector_and_packaging_keeps_one_per_role(chain, tmp
     packed = load_file(packaged / config["roles"]["retrieval"]["projector"])
     assert all(torch.equal(packed[k], trained[k].to(torch.bfloat16)) for k in trained)
     cpu = {"device": f"CPU, 1 process(es) x {torch.get_num_threads()} threads", "torch": torch.__version__}
-    assert config["trained_on"] == {"retrieval": [cpu], "rank": [cpu]}  # where each role's stage ran
+    # where each role's stages ran: its run and every run it grew from (init_from), earliest first
+    assert config["trained_on"] == {
+        "retrieval": [{"run": name, **cpu} for name in ("smoke-stage0", "smoke-stage1", "smoke-stage2")],
+        "rank": [{"run": name, **cpu} for name in ("smoke-stage0", "smoke-rank")],
+    }
 
 
 def test_trained_models_load_and_run(chain, images):

@@ -24,6 +24,7 @@ import sys
 from pathlib import Path
 
 import torch
+import yaml
 from safetensors.torch import load_file, save_file
 
 from lamra.atomic_io import atomic_directory
@@ -86,9 +87,20 @@ def to_bf16(path: Path) -> None:
 
 
 def read_hardware(final: Path) -> list[dict]:
-    """The hardware records of the run a ``final/`` came from (empty for runs older than the log)."""
-    path = final.parent / HARDWARE_LOG
-    return json.loads(path.read_text()) if path.is_file() else []
+    """Where the weights of a ``final/`` were trained: the hardware records of its run and of the runs
+    it grew from (each run's ``init_from``, followed while those runs are on disk), earliest first,
+    each with its run's name. Empty for runs older than the log."""
+    records: list[dict] = []
+    run, seen = final.parent, set()
+    while run not in seen and (run / HARDWARE_LOG).is_file():
+        seen.add(run)
+        records[:0] = [{"run": run.name, **record} for record in json.loads((run / HARDWARE_LOG).read_text())]
+        recipe = run / "recipe.yaml"
+        init_from = yaml.safe_load(recipe.read_text()).get("init_from") if recipe.is_file() else None
+        if not init_from:
+            break
+        run = Path(init_from).parent
+    return records
 
 
 def fold_retrieval(retrieval_final: Path, folder: Path) -> None:
