@@ -82,9 +82,10 @@ PER_TOKEN_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids")
 
 
 def drop_tail_after_emb(inputs: dict[str, torch.Tensor], emb_token_id: int) -> dict[str, torch.Tensor]:
-    """Cut the template tokens that follow ``<emb>`` (``.<|im_end|>\n``). The pooled state, the one
-    before ``<emb>``, cannot see them in a causal model, so the embedding is the same and the forward
-    shorter. With left padding every row's ``<emb>`` sits in the same column; otherwise nothing is cut."""
+    """Cut the template tokens that follow ``<emb>`` (``.``, ``<|im_end|>`` and a newline). The pooled
+    state, the one before ``<emb>``, cannot see them in a causal model, so the embedding is the same and
+    the forward shorter. With left padding every row's ``<emb>`` sits in the same column; otherwise
+    nothing is cut."""
     ids = inputs["input_ids"]
     is_emb = ids == emb_token_id
     if ids.numel() == 0 or not bool(is_emb.any(dim=1).all()):

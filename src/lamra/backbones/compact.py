@@ -29,8 +29,9 @@ IMAGE_TOKEN = "<image>"
 def attention_for(device: torch.device) -> str:
     """The language model's attention kernel on ``device``. On CPU, PyTorch's fused SDPA kernel is
     slower than plain matmul attention on sequences this short (its backward most of all: a training
-    step takes about 1.25x as long, ``benchmarks/train_step.py``); both compute the same function."""
+    step takes about 1.2x as long, ``benchmarks/train_step.py``); both compute the same function."""
     return "sdpa" if device.type == "cuda" else "eager"
+
 
 AutoConfig.register(CompactLMMConfig.model_type, CompactLMMConfig, exist_ok=True)
 AutoModel.register(CompactLMMConfig, CompactLMMForConditionalGeneration, exist_ok=True)
