@@ -252,11 +252,11 @@ def test_tail_is_kept_when_rows_end_differently():
     assert cut["image_features"] is aligned["image_features"]  # per image, not per token
 
 
-def test_cpu_attention_kernel_computes_what_sdpa_computes(compact_model, images, monkeypatch):
+def test_plain_attention_kernel_computes_what_sdpa_computes(compact_model, images, monkeypatch):
     import lamra.backbones.compact as compact
 
     items = mixed_items(images)
-    assert compact.attention_for(torch.device("cpu")) == "eager"
+    assert {compact.attention_for(torch.device(kind)) for kind in ("cpu", "cuda")} == {"eager"}
     eager = compact_model.encode(items)
     monkeypatch.setattr(compact, "attention_for", lambda device: "sdpa")
     sdpa = compact_model.encode(items)
