@@ -10,11 +10,12 @@ candidate is encoded once per model and serves every pool it is in; the frozen t
 features are kept on disk ($LAMRA_HOME/vision-features), so only the first model pays for them, and
 each model's pool indexes under runs/eval-index (keyed by a digest of its weights), so the
 instruction study re-encodes queries only. Finished rows are kept: a rerun only computes what is
-missing. Reranking is not on these pages.
+missing or was computed with other weights. Reranking is not on these pages.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -50,6 +51,17 @@ def data_root() -> Path:
     return lamra_home() / "pocketbeir"
 
 
+def model_name(name: str) -> str:
+    """The name a method's results are stored under: a checkpoint's carries its weights' digest."""
+    return f"{name}@{role_digest(CHECKPOINTS[name])}" if name in CHECKPOINTS else name
+
+
+def finished(out: Path, model: str) -> bool:
+    """Whether ``out`` holds results of exactly this model (other weights' results are recomputed)."""
+    path = out / "results.json"
+    return path.is_file() and json.loads(path.read_text()).get("model") == model
+
+
 def load_encoder(key: str):
     name = METHOD_KEYS[key]
     if key == "minilm":
@@ -64,14 +76,14 @@ def load_encoder(key: str):
 
     model = LamRA.from_pretrained(CHECKPOINTS[name])
     model.backbone.persist_features()
-    model.name = f"{name}@{role_digest(CHECKPOINTS[name])}"  # keys its cached indexes
+    model.name = model_name(name)  # keys its cached indexes
     return model
 
 
 def run_method(key: str) -> None:
     name = METHOD_KEYS[key]
     out = OUT / name.replace(" ", "_")
-    if (out / "results.json").is_file():
+    if finished(out, model_name(name)):
         print(f"{name}: done already ({out})")
         return
     start = time.perf_counter()
@@ -89,7 +101,7 @@ def run_instructions() -> None:
     encoder = None
     for name, (choice, tsv) in INSTRUCTION_ROWS.items():
         out = OUT / name.replace(" ", "_").replace(",", "")
-        if (out / "results.json").is_file():
+        if finished(out, model_name("LamRA-Ret")):
             print(f"{name}: done already ({out})")
             continue
         encoder = encoder or load_encoder("ret")

@@ -16,7 +16,8 @@ Fusion is the official ``retrieval + w * rerank``. Each task's w is chosen on va
 below (pointwise on the task's headline R@5; listwise on R@1, since reordering the top 5 cannot move
 R@5), over all val queries (1,763; ``--val-queries N`` takes a seeded sample of N per task instead);
 the test split then runs once with those weights: all 3,980 queries, local pools. Work is kept per
-(split, task) under runs/rerank-eval/<reranker digest>/, so a rerun computes only what is missing.
+(split, task) under runs/rerank-eval/rank-<reranker digest>-ret-<retriever digest>/, so a rerun
+computes only what is missing.
 """
 
 from __future__ import annotations
@@ -80,7 +81,8 @@ def rerankers(model, weights: dict[str, dict[str, float]] | None = None, sliding
 
 
 def out_dir(reranker: str | None) -> Path:
-    return OUT / f"rank-{role_digest(reranker or RETRIEVER, 'rank')}"
+    """Work of one (reranker, retriever) pair: a new LamRA-Ret changes the candidates reranked."""
+    return OUT / f"rank-{role_digest(reranker or RETRIEVER, 'rank')}-ret-{role_digest(RETRIEVER)}"
 
 
 def evaluate_task(model, task, split: str, methods: list[RerankMethod], **options):

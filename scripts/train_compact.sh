@@ -4,15 +4,14 @@
 # interruption resumes where it stopped (finished stages are skipped).
 #
 #   bash scripts/train_compact.sh           (after bash scripts/setup.sh and lamra data build pocketbeir)
-#   bash scripts/train_compact.sh gpu       stages 1 and 2 from recipes/compact-gpu-*.yaml (batch 128 on
-#                                           one GPU; ~5 min on an H200), then stage 2 continued with
-#                                           recipes/compact-more-stage2.yaml (55 min on 2 CPU cores): the
-#                                           shipped model's recipes
+#   bash scripts/train_compact.sh gpu       stages 1 and 2 from recipes/compact-gpu-stage1.yaml and
+#                                           compact-gpu-long-stage2.yaml (batch 128 on one GPU; ~6 min on
+#                                           an H200): the shipped model's recipes
 set -euo pipefail
 PROFILE=${1:-cpu}
 case "$PROFILE" in
-    cpu) S1=compact-stage1 S2=compact-stage2 MORE= ;;
-    gpu) S1=compact-gpu-stage1 S2=compact-gpu-stage2 MORE=compact-more-stage2 ;;
+    cpu) S1=compact-stage1 S2=compact-stage2 ;;
+    gpu) S1=compact-gpu-stage1 S2=compact-gpu-long-stage2 ;;
     *) echo "usage: $0 [cpu|gpu]" >&2; exit 2 ;;
 esac
 cd "$(dirname "$0")/.."
@@ -44,8 +43,7 @@ stage stage2 "$S2"
 MINED="runs/$S2/mined_local_top100.jsonl"  # the rank recipe's mining, by this profile's retriever
 [[ -f "$MINED" ]] || timed mining "$LAMRA" train mine --recipe recipes/compact-rank.yaml --retriever "runs/$S2/final" --out "$MINED"
 [[ -f runs/compact-rank/final/lamra.json ]] || "$LAMRA" train rank --recipe recipes/compact-rank.yaml --set "rerank_data=$MINED"
-[[ -z "$MORE" ]] || stage stage2 "$MORE"  # one more adapter on top of stage 2, folded when packaged
-.venv/bin/python -m lamra.train.package "runs/${MORE:-$S2}/final" runs/compact-rank/final src/lamra/weights/compact
+.venv/bin/python -m lamra.train.package "runs/$S2/final" runs/compact-rank/final src/lamra/weights/compact
 .venv/bin/python scripts/evaluate_pocketbeir.py all
 .venv/bin/python scripts/evaluate_rerank.py all
 .venv/bin/python -m lamra.train.report --runs runs --timings "$TIMINGS" --eval results/stages.md --out docs/training \

@@ -1,5 +1,7 @@
 """`max_minutes`: a run measured to be too slow is shortened to fit, and a resume keeps that length."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -74,7 +76,9 @@ def test_a_fast_run_keeps_its_length(tmp_path, monkeypatch):
 def test_the_training_report_reads_the_gpu_profiles_runs(tmp_path):
     from lamra.train.report import GPU_STAGES, STAGES, stage_rows
 
-    run = tmp_path / "compact-gpu-stage2"
+    recipes = Path(__file__).resolve().parents[2] / "recipes"
+    assert all((recipes / f"{name}.yaml").is_file() for _, name in GPU_STAGES)  # names that train_compact.sh runs
+    run = tmp_path / dict(GPU_STAGES)["stage2"]
     run.mkdir()
     (run / "losses.jsonl").write_text('{"step": 1, "loss": 4.0, "seconds": 30.0}\n{"step": 2, "loss": 2.0, "seconds": 30.0}\n')
     rows, logs = stage_rows(tmp_path, GPU_STAGES)
