@@ -31,8 +31,8 @@ def attention_for(device: torch.device) -> str:
     On CPU, PyTorch's fused SDPA kernel is slower on sequences this short (its backward most of
     all: a training step takes about 1.2x as long, ``benchmarks/train_step.py``). On CUDA, SDPA with
     left-padded bf16 batches gave a NaN loss in all four stage-2 runs of one H200 lease (steps 23 to
-    86), while the same four runs with this kernel trained to the end; at this model's size a step
-    costs the same either way (0.52 s at batch 128). Both compute the same function."""
+    86); rerun with this kernel, the three that fit in memory trained to the end, no slower (0.52 s a
+    step at batch 128 with four runs sharing the card). Both compute the same function."""
     return "eager"
 
 
