@@ -144,7 +144,8 @@ def run_test(reranker: str | None, model=None, sliding: bool = False, val_querie
             raise SystemExit(f"no val weights for {task.key} (of {needed}): run `val` first, with the same flags")
         model = model or load_model(reranker)
         start = time.perf_counter()
-        write_report(evaluate_task(model, task, "test", rerankers(model, weights, sliding)), target, command=COMMAND)
+        write_report(evaluate_task(model, task, "test", rerankers(model, weights, sliding)), target,
+                     command=command(reranker, val_queries, sliding))
         print(f"test {task.key}: {time.perf_counter() - start:.0f} s -> {target}")
     return model
 
@@ -163,8 +164,16 @@ def write_page(reranker: str | None, val_queries: int | None = None) -> None:
     methods = [m for m in (RETRIEVAL, POINTWISE, LISTWISE, SLIDING) if any(r["method"] == m for r in results)]
     page = results_page(results, title="LamRA-Ret + LamRA-Rank (PocketBEIR full test split)", pools=("local",),
                         methods=methods, speed_methods=methods, notes=notes)
-    write_markdown(PAGE, COMMAND, page + "\n" + val_tables(val_dir(reranker, val_queries), results))
+    write_markdown(PAGE, command(reranker, val_queries, SLIDING in methods),
+                   page + "\n" + val_tables(val_dir(reranker, val_queries), results))
     print(f"wrote {PAGE}")
+
+
+def command(reranker: str | None, val_queries: int | None, sliding: bool) -> str:
+    """The command that regenerates this work, flags included (the page names it)."""
+    flags = ([f"--val-queries {val_queries}"] if val_queries is not None else []) + (
+        [f"--reranker {reranker}"] if reranker else []) + (["--sliding"] if sliding else [])
+    return " ".join([COMMAND, *flags])
 
 
 def val_scope(val_queries: int | None) -> str:
