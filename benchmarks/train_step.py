@@ -11,7 +11,7 @@ autocast, LoRA r16 on every Linear of the language model) on PocketBEIR's traini
 2. + compact recipe (recipes/compact-stage2.yaml): no LoRA dropout, one task per batch, features of the
    frozen tower computed once and kept on disk (it also trains the projector, adds the global visual
    token and the reverse loss, which cost time rather than save it);
-3. + plain matmul attention on CPU (``lamra.backbones.compact.attention_for``);
+3. + plain matmul attention on CPU (``lamra.backbones.compact.ATTENTION_KERNEL``);
 4. + no peft input casts under autocast (``disable_input_dtype_casting``: the same arithmetic);
 5. + the template tokens after ``<emb>`` cut (``drop_tail_after_emb``: the pooled state cannot see them).
 
@@ -55,13 +55,13 @@ ROWS = {
     "+ no peft input casts": ({}, 2),
     "+ template tail after <emb> cut": ({}, 3),
 }
-ORIGINALS = (compact.attention_for, retrieval.disable_input_dtype_casting, retriever.drop_tail_after_emb)
+ORIGINALS = (compact.ATTENTION_KERNEL, retrieval.disable_input_dtype_casting, retriever.drop_tail_after_emb)
 
 
 def switch_speed_ups(count: int) -> None:
     """Turn the first ``count`` of SPEED_UPS' code paths on, the others off."""
     attention, casting, tail = ORIGINALS
-    compact.attention_for = attention if count >= 1 else (lambda device: "sdpa")
+    compact.ATTENTION_KERNEL = attention if count >= 1 else "sdpa"
     retrieval.disable_input_dtype_casting = casting if count >= 2 else (lambda model, active: contextlib.nullcontext())
     retriever.drop_tail_after_emb = tail if count >= 3 else (lambda inputs, emb_token_id: inputs)
 

@@ -26,14 +26,13 @@ from lamra.prompts import EMB_TOKEN
 IMAGE_TOKEN = "<image>"
 
 
-def attention_for(device: torch.device) -> str:
-    """The language model's attention kernel on ``device``: plain matmul attention everywhere.
-    On CPU, PyTorch's fused SDPA kernel is slower on sequences this short (its backward most of
-    all: a training step takes about 1.2x as long, ``benchmarks/train_step.py``). On CUDA, SDPA with
-    left-padded bf16 batches gave a NaN loss in all four stage-2 runs of one H200 lease (steps 23 to
-    86); rerun with this kernel, the three that fit in memory trained to the end, no slower (0.52 s a
-    step at batch 128 with four runs sharing the card). Both compute the same function."""
-    return "eager"
+# The language model's attention kernel on every device: plain matmul attention ("eager"). On CPU,
+# PyTorch's fused SDPA kernel is slower on sequences this short (its backward most of all: a training
+# step takes about 1.2x as long, benchmarks/train_step.py). On CUDA, SDPA with left-padded bf16 batches
+# gave a NaN loss in all four stage-2 runs of one H200 lease (steps 23 to 86); rerun with this kernel,
+# the three that fit in memory trained to the end, no slower (0.52 s a step at batch 128 with four runs
+# sharing the card). Both compute the same function.
+ATTENTION_KERNEL = "eager"
 
 
 AutoConfig.register(CompactLMMConfig.model_type, CompactLMMConfig, exist_ok=True)
@@ -236,11 +235,10 @@ class CompactBackbone(Backbone):
         return torch.cat(last)
 
     def select_attention(self) -> None:
-        """Use the attention kernel chosen for where the model now lives (``attention_for``)."""
+        """Use ``ATTENTION_KERNEL`` (a loaded model starts with transformers' default, SDPA)."""
         config = self.hf_model.language_model.config
-        wanted = attention_for(self.device)
-        if config._attn_implementation != wanted:
-            config._attn_implementation = wanted
+        if config._attn_implementation != ATTENTION_KERNEL:
+            config._attn_implementation = ATTENTION_KERNEL
 
     def hidden_states(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         self.select_attention()
