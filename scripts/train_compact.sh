@@ -5,13 +5,13 @@
 #
 #   bash scripts/train_compact.sh           (after bash scripts/setup.sh and lamra data build pocketbeir)
 #   bash scripts/train_compact.sh gpu       stages 1 and 2 from recipes/compact-gpu-stage1.yaml and
-#                                           compact-gpu-long-stage2.yaml (batch 128 on one GPU; ~6 min on
-#                                           an H200): the shipped model's recipes
+#                                           compact-gpu-6epoch-stage2.yaml (batch 128 on one GPU; ~9 min
+#                                           on an H200): the shipped model's recipes
 set -euo pipefail
 PROFILE=${1:-cpu}
 case "$PROFILE" in
     cpu) S1=compact-stage1 S2=compact-stage2 ;;
-    gpu) S1=compact-gpu-stage1 S2=compact-gpu-long-stage2 ;;
+    gpu) S1=compact-gpu-stage1 S2=compact-gpu-6epoch-stage2 ;;
     *) echo "usage: $0 [cpu|gpu]" >&2; exit 2 ;;
 esac
 cd "$(dirname "$0")/.."

@@ -22,7 +22,7 @@ from lamra.train.trainer import read_loss_log
 STAGES = [("stage0", "compact-stage0"), ("stage1", "compact-stage1"), ("stage2", "compact-stage2"),
           ("rank", "compact-rank")]
 # The `gpu` profile of scripts/train_compact.sh: stages 1 and 2 from the compact-gpu-* recipes.
-GPU_STAGES = [("stage0", "compact-stage0"), ("stage1", "compact-gpu-stage1"), ("stage2", "compact-gpu-long-stage2"),
+GPU_STAGES = [("stage0", "compact-stage0"), ("stage1", "compact-gpu-stage1"), ("stage2", "compact-gpu-6epoch-stage2"),
               ("rank", "compact-rank")]
 REPRODUCE = "bash scripts/train_compact.sh"
 HARDWARE = {"cpu": "2 CPU cores, bf16 autocast", "gpu": "stages 1 and 2 on one H200, stage 0 and rank on 2 CPU cores"}
