@@ -37,6 +37,7 @@ from lamra.model import SHIPPED_DIR
 
 DIMS = 576
 POCKETBEIR_INDEX = Path("runs/eval-index")
+SETS = ("pocketbeir", "spectrum", "random")
 SWEEPS = {"ivf": ("nprobe", (8, 16, 32, 64, 128)), "hnsw": ("efSearch", (32, 64, 128, 256, 512))}
 
 
@@ -124,12 +125,12 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=1_000_000)
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--sets", default="pocketbeir,spectrum,random",
+    parser.add_argument("--sets", default=",".join(SETS),
                         help="comma-separated: pocketbeir, spectrum (needs pocketbeir's index), random")
     args = parser.parse_args()
     sets = set(args.sets.split(","))
-    if sets - {"pocketbeir", "spectrum", "random"}:
-        parser.error(f"--sets: unknown set(s) {sorted(sets - {'pocketbeir', 'spectrum', 'random'})}")
+    if sets - set(SETS):
+        parser.error(f"--sets: unknown set(s) {sorted(sets - set(SETS))}")
 
     print("| set (PR: participation ratio) | index | search parameter | build s | queries/s | vs flat | recall@10 |")
     print("|---|---|---|---:|---:|---:|---:|", flush=True)
@@ -142,6 +143,7 @@ def main() -> None:
         run_set(f"random {args.count:,}", *random_set(args.count, args.queries), args.repeats)
     if real is None and sets & {"pocketbeir", "spectrum"}:
         print(f"\n(pocketbeir and spectrum sets skipped: no LamRA-Ret global-pool index under {POCKETBEIR_INDEX})")
+
 
 if __name__ == "__main__":
     main()
