@@ -28,6 +28,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from lamra.atomic_io import atomic_write_text
+from lamra.backbones.base import quiet_peft
 from lamra.backbones.compact import CompactBackbone
 
 FORMAT_VERSION = 1
@@ -56,7 +57,8 @@ def fold_adapter(backbone: CompactBackbone, adapter_dir: Path) -> None:
     """Apply a LoRA adapter and merge it into the weights (exact: merge_and_unload)."""
     from peft import PeftModel
 
-    model = PeftModel.from_pretrained(backbone.hf_model, str(adapter_dir))
+    with quiet_peft():
+        model = PeftModel.from_pretrained(backbone.hf_model, str(adapter_dir))
     backbone.model = model.merge_and_unload()
 
 

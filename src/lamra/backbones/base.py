@@ -8,7 +8,9 @@ in the concrete subclasses.
 
 from __future__ import annotations
 
+import warnings
 from abc import ABC, abstractmethod
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +22,15 @@ from lamra.prompts import EMB_TOKEN
 
 Messages = list[dict[str, Any]]
 IGNORE_INDEX = -100
+
+
+@contextmanager
+def quiet_peft():
+    """peft reads ``model.is_gradient_checkpointing``, which transformers 5 deprecates with a
+    FutureWarning on every adapter load; the warning is for peft's authors, not our users."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        yield
 
 
 @dataclass

@@ -15,7 +15,7 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer, LlamaForCausalLM
 
 from lamra.assets import efficientnet_lite0_weights, smollm2_dir
 from lamra.atomic_io import atomic_write
-from lamra.backbones.base import Backbone, Messages, cut_sequence, pad_sequences, render_chatml
+from lamra.backbones.base import Backbone, Messages, cut_sequence, pad_sequences, quiet_peft, render_chatml
 from lamra.backbones.compact_modeling import (
     CompactLMMConfig,
     CompactLMMForConditionalGeneration,
@@ -160,7 +160,8 @@ class CompactBackbone(Backbone):
         if adapter is not None:
             from peft import PeftModel
 
-            model = PeftModel.from_pretrained(model, adapter)
+            with quiet_peft():
+                model = PeftModel.from_pretrained(model, adapter)
         model.to(device).eval()
         return cls(model, tokenizer)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
 
-from lamra.backbones.base import Backbone, Messages, cut_sequence, pad_sequences, render_chatml
+from lamra.backbones.base import Backbone, Messages, cut_sequence, pad_sequences, quiet_peft, render_chatml
 from lamra.prompts import EMB_TOKEN
 
 # Official settings (LamRA's collators): default system turn and the image pixel cap.
@@ -147,7 +147,8 @@ class QwenVLBackbone(Backbone):
         if adapter is not None:
             from peft import PeftModel
 
-            model = PeftModel.from_pretrained(model, adapter)
+            with quiet_peft():
+                model = PeftModel.from_pretrained(model, adapter)
         model.to(device).eval()
         return cls(model, tokenizer, position_mode=position_mode or default_position_mode(name_or_path, config))
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from lamra.backbones.base import Backbone
+from lamra.backbones.base import Backbone, quiet_peft
 
 # Module-name fragments LoRA must never touch (vision towers, Qwen's merger, the projector, the head).
 FORBIDDEN_FRAGMENTS = ("vision_tower", "visual", "multi_modal_projector", "merger", "lm_head")
@@ -36,7 +36,8 @@ def add_lora(backbone: Backbone, r: int, alpha: int, dropout: float) -> list[str
         target_modules=backbone.lora_target_modules,
         bias="none",
     )
-    backbone.model = get_peft_model(backbone.model, config)
+    with quiet_peft():
+        backbone.model = get_peft_model(backbone.model, config)
     names = lora_module_names(backbone.model)
     check_lora_targets(names)
     for name, param in backbone.model.named_parameters():
