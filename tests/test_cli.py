@@ -88,3 +88,24 @@ def test_index_reports_a_bad_pool_line_before_loading_the_model(tmp_path, monkey
     pool.write_text('{"did": "1:1", "txt": "fine", "modality": "text"}\n{"did": "1:2", "txt": 7, "modality": "text"}\n')
     result = runner.invoke(app, ["index", str(pool), "--out", str(tmp_path / "index")])
     assert f"{pool}:2: bad candidate '1:2'" in str(result.exception)
+
+
+def test_diagnose_rerank_prints_the_pairwise_auc_per_task(tmp_path):
+    from train_helpers import HAVE_SOURCES, SOURCES
+
+    from lamra.pocketbeir.build import build_pocketbeir
+
+    if not HAVE_SOURCES:
+        pytest.fail(f"the PocketBEIR sources are missing under {SOURCES}: run scripts/setup.sh")
+    root = build_pocketbeir(tmp_path / "pocketbeir", SOURCES, seed=0, fixture=True, show_progress=False)
+    result = runner.invoke(app, ["diagnose", str(root), "--rerank", "--queries-per-task", "3",
+                                 "--per-modality", "4", "--top-k", "5"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert "Pairwise AUC within each query's top 5" in result.output
+    rows = [line for line in lines if line.startswith("| emoji") or line.startswith("| wordnet")]
+    assert len(rows) == 8, result.output  # one row per PocketBEIR task
+    mean = [cell.strip() for cell in next(line for line in lines if line.startswith("| mean")).split("|")[1:-1]]
+    assert mean[0] == "mean" and mean[1].endswith("of 24")
+    for cell in mean[2:]:
+        assert cell == "nan" or 0.0 <= float(cell) <= 1.0

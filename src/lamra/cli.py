@@ -215,13 +215,32 @@ def diagnose(
     per_modality: Annotated[int, typer.Option(help="Items sampled per modality (seeded).")] = 48,
     model: ModelOption = None,
     precision: PrecisionOption = "auto",
+    rerank: Annotated[bool, typer.Option(help="Also: does the reranker order each query's top k better than a coin flip?")] = False,
+    reranker: Annotated[Optional[str], typer.Option(help="LamRA-Rank checkpoint (default: the model's own).")] = None,
+    queries_per_task: Annotated[int, typer.Option(help="With --rerank: queries sampled per task (seeded).")] = 50,
+    top_k: Annotated[int, typer.Option(help="With --rerank: the retrieved depth the reranker scores.")] = 10,
 ) -> None:
-    """Does the model tell items apart? Mean pairwise cosine of different items, per modality."""
+    """Does the model tell items apart? Mean pairwise cosine of different items, per modality; with
+    --rerank, the pairwise AUC of reranker and retriever within each query's top k, per task."""
     from lamra.evaluate.diagnostics import embedding_spread, spread_table
 
     if per_modality < 2:
         raise typer.BadParameter(f"--per-modality must be at least 2, got {per_modality}")
-    typer.echo(spread_table(embedding_spread(load_model(model, precision), data_root, split, per_modality)))
+    if rerank and (queries_per_task < 1 or top_k < 2):
+        raise typer.BadParameter("--rerank needs --queries-per-task >= 1 and --top-k >= 2")
+    lamra = load_model(model, precision, reranker=reranker)
+    if rerank and lamra.reranker is None:
+        raise typer.BadParameter("--rerank: the model has no reranker; give --reranker")
+    typer.echo(spread_table(embedding_spread(lamra, data_root, split, per_modality)))
+    if rerank:
+        from lamra.evaluate.diagnostics import rerank_separation, separation_table
+        from lamra.evaluate.fusion import RerankMethod, model_reranker
+        from lamra.evaluate.runner import evaluate_mbeir
+
+        method = RerankMethod("pointwise", model_reranker(lamra, data_root, mode="pointwise"), top_k, {}, 0.0)
+        report = evaluate_mbeir(lamra, data_root, method="retrieval", split=split, rerankers=[method],
+                                queries_per_task=queries_per_task)
+        typer.echo("\n" + separation_table(rerank_separation(report, method.name), top_k))
 
 
 @data_app.command("build")

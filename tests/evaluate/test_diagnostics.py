@@ -5,10 +5,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from eval_helpers import build_toy_mbeir
+from eval_helpers import HashingEncoder, build_toy_mbeir
 
 from lamra.evaluate.baselines import VisionTowerEncoder
-from lamra.evaluate.diagnostics import embedding_spread, pairwise_cosine_stats, sample_candidates
+from lamra.evaluate.diagnostics import (
+    embedding_spread,
+    pairwise_auc,
+    pairwise_cosine_stats,
+    rerank_separation,
+    sample_candidates,
+    separation_table,
+)
+from lamra.evaluate.fusion import RerankMethod
 from lamra.evaluate.queries import ModalityNotSupported
 from lamra.evaluate.runner import evaluate_mbeir
 
@@ -38,6 +46,50 @@ def test_embedding_spread_flags_a_collapsed_encoder(tmp_path):
     assert {row.modality for row in rows} == {"image", "text"}
     assert any(row.instruction for row in rows)  # the toy data has instructions for text queries
     assert all(row.mean_cosine > 0.99 for row in rows)
+
+
+def test_pairwise_auc_counts_ordered_pairs_and_half_ties():
+    relevant = np.array([True, False, True, False, False])
+    assert pairwise_auc(np.array([0.9, 0.1, 0.8, 0.2, 0.3]), relevant) == 1.0
+    assert pairwise_auc(np.array([0.1, 0.9, 0.2, 0.8, 0.7]), relevant) == 0.0
+    assert pairwise_auc(np.zeros(5), relevant) == 0.5
+    assert pairwise_auc(np.array([0.5, 0.4, 0.1, 0.6, 0.0]), relevant) == pytest.approx(3 / 6)
+    with pytest.raises(ValueError, match="at least one positive"):
+        pairwise_auc(np.ones(3), np.ones(3, bool))
+
+
+def test_rerank_separation_tells_an_oracle_from_a_coin_flip(tmp_path):
+    root = build_toy_mbeir(tmp_path / "toy")
+    positives: dict[str, set[str]] = {}
+    for qrels_file in (root / "qrels" / "val").glob("*.txt"):
+        for line in qrels_file.read_text().splitlines():
+            qid, _, did, *_ = line.split()
+            positives.setdefault(qid, set()).add(did)
+
+    def oracle(query, candidates, scores):
+        return [float(c["did"] in positives[query["qid"]]) for c in candidates]
+
+    def anti(query, candidates, scores):
+        return [-float(c["did"] in positives[query["qid"]]) for c in candidates]
+
+    def constant(query, candidates, scores):
+        return [0.5] * len(candidates)
+
+    methods = [RerankMethod(name, fn, top_k=5) for name, fn in [("oracle", oracle), ("anti", anti), ("coin", constant)]]
+    report = evaluate_mbeir(HashingEncoder(), root, split="val", rerankers=methods, show_progress=False)
+    by_method = {m.name: rerank_separation(report, m.name) for m in methods}
+    counted = [row for row in by_method["oracle"] if row.queries]
+    assert counted, "the toy data should leave some query with a positive and a miss in its top 5"
+    assert all(row.rerank_auc == 1.0 for row in counted)
+    assert all(row.rerank_auc == 0.0 for row in by_method["anti"] if row.queries)
+    assert all(row.rerank_auc == 0.5 for row in by_method["coin"] if row.queries)
+    for oracle_row, coin_row in zip(by_method["oracle"], by_method["coin"]):
+        assert oracle_row.retrieval_auc == coin_row.retrieval_auc  # retrieval's side is the reranker's top k
+        assert oracle_row.sampled >= oracle_row.queries
+    table = separation_table(by_method["coin"], top_k=5)
+    assert "| mean |" in table and "0.500" in table.splitlines()[-1]
+    with pytest.raises(ValueError, match="no results of reranker"):
+        rerank_separation(report, "missing")
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,5 @@
-"""Is the model telling items apart? Embedding spread per modality, with and without an instruction.
+"""Is the model telling items apart? Embedding spread per modality, with and without an instruction;
+and does the reranker tell a query's positive from the retriever's near misses?
 
 A retriever that maps different images to nearly the same vector (mean pairwise cosine near 1) cannot
 retrieve by image content, whatever its loss says: the first shipped compact model had cosines of
@@ -6,6 +7,12 @@ retrieve by image content, whatever its loss says: the first shipped compact mod
 candidate pool; ``lamra diagnose`` prints the table, and the training report carries it per stage.
 
     lamra diagnose $LAMRA_HOME/pocketbeir --model runs/compact-stage2/final
+
+A reranker's loss says little on its own: its answers are mostly format tokens, and a model that has
+learned only the format and the share of "Yes" sits at a loss that looks trained. ``rerank_separation``
+asks the question reranking needs answered: within each query's retrieved top k, how often does a
+positive score above a non-positive (pairwise AUC; 0.5 is a coin flip), for the reranker and for
+retrieval's own cosine. ``lamra diagnose --rerank`` prints it per task.
 """
 
 from __future__ import annotations
@@ -17,8 +24,9 @@ from typing import Any
 
 import numpy as np
 
-from lamra.data.mbeir import normalize_modality, read_instructions, read_jsonl
+from lamra.data.mbeir import MBEIRDataset, normalize_modality, read_instructions, read_jsonl
 from lamra.data.mbeir_items import candidate_item
+from lamra.evaluate.report import EvaluationReport
 
 MODALITIES = ("image", "text", "image,text")
 
@@ -90,4 +98,64 @@ def spread_table(rows: list[Spread]) -> str:
         "| items | instruction | n | mean cosine (different items) | max cosine |",
         "|---|---|---:|---:|---:|",
         *(row.row() for row in rows),
+    ])
+
+
+@dataclass
+class Separation:
+    task: str
+    queries: int  # those whose top k holds a positive and a non-positive (the others cannot be ordered)
+    sampled: int
+    retrieval_auc: float
+    rerank_auc: float
+
+    def row(self) -> str:
+        return (f"| {self.task} | {self.queries} of {self.sampled} | {self.retrieval_auc:.3f} | "
+                f"{self.rerank_auc:.3f} |")
+
+
+def pairwise_auc(scores: np.ndarray, relevant: np.ndarray) -> float:
+    """The share of (positive, non-positive) pairs that ``scores`` order right; ties count half."""
+    scores, relevant = np.asarray(scores, np.float64), np.asarray(relevant, bool)
+    positives, negatives = scores[relevant], scores[~relevant]
+    if not len(positives) or not len(negatives):
+        raise ValueError("pairwise AUC needs at least one positive and one non-positive")
+    above = positives[:, None] - negatives[None, :]
+    return float(((above > 0) + 0.5 * (above == 0)).mean())
+
+
+def rerank_separation(report: EvaluationReport, reranker: str, pool: str = "local") -> list[Separation]:
+    """Per task: mean pairwise AUC, over the reranker's top k, of its scores and of retrieval's."""
+    data = MBEIRDataset(report.data_root)
+    rows = []
+    for result in report.results:
+        if result.method != reranker or result.pool != pool or result.skipped:
+            continue
+        judged = data.qrels(report.split, result.task.dataset, result.task.task_id)
+        retrieval, rerank = [], []
+        for qid, entry in result.retrieved.items():
+            scores = entry.rerank_scores[reranker]
+            relevant = np.array([did in judged.get(qid, ()) for did in entry.dids[: len(scores)]])
+            if relevant.any() and not relevant.all():
+                retrieval.append(pairwise_auc(entry.scores[: len(scores)], relevant))
+                rerank.append(pairwise_auc(scores, relevant))
+        rows.append(Separation(result.task.key, len(rerank), len(result.retrieved),
+                               float(np.mean(retrieval)) if retrieval else float("nan"),
+                               float(np.mean(rerank)) if rerank else float("nan")))
+    if not rows:
+        raise ValueError(f"the report has no results of reranker {reranker!r} on the {pool} pool")
+    return rows
+
+
+def separation_table(rows: list[Separation], top_k: int) -> str:
+    counted = [row for row in rows if row.queries]
+    mean = lambda values: float(np.mean(values)) if values else float("nan")  # noqa: E731
+    return "\n".join([
+        f"Pairwise AUC within each query's top {top_k}: positive above non-positive (0.5: a coin flip)",
+        "",
+        "| task | queries | retrieval AUC | rerank AUC |",
+        "|---|---:|---:|---:|",
+        *(row.row() for row in rows),
+        f"| mean | {sum(r.queries for r in rows)} of {sum(r.sampled for r in rows)} | "
+        f"{mean([r.retrieval_auc for r in counted]):.3f} | {mean([r.rerank_auc for r in counted]):.3f} |",
     ])
