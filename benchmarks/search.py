@@ -1,5 +1,9 @@
 """Approximate search against exact: queries/s and recall@10 of IVF and HNSW, as ratios to flat.
 
+Index types (``lamra.index_types``): IVF over float vectors, IVF over 4-bit fast-scan PQ codes with
+exact re-ranking (``ivfpqfs``), HNSW over float vectors, and HNSW over the first 64 principal
+components with exact re-ranking (``hnsw-pca``).
+
 Two sets, each searched by every index type in this one process:
 
 - ``random``: ``--count`` (default 1M) random unit vectors of 576 dims (the compact LamRA's width),
@@ -39,7 +43,12 @@ DIMS = 576
 POCKETBEIR_INDEX = Path("runs/eval-index")
 SETS = ("pocketbeir", "spectrum", "random")
 FROM_REAL_INDEX = {"pocketbeir", "spectrum"}  # the sets built from the shipped model's cached index
-SWEEPS = {"ivf": ("nprobe", (8, 16, 32, 64, 128)), "hnsw": ("efSearch", (32, 64, 128, 256, 512))}
+SWEEPS = {  # index type (lamra.index_types) -> its search parameter and the values tried
+    "ivf": ("nprobe", (8, 16, 32, 64, 128)),
+    "ivfpqfs": ("nprobe", (32, 64, 128, 256, 512)),
+    "hnsw": ("efSearch", (32, 64, 128, 256, 512)),
+    "hnsw-pca": ("efSearch", (80, 128, 256, 512)),  # it asks HNSW for k * k_factor_rf = 80 anyway
+}
 
 
 def random_set(count: int, queries: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -109,6 +109,9 @@ def test_stale_index_is_detected(tmp_path):
     ("hnsw", "HNSW32,Flat", {"efSearch": 128}),
     ("hnsw16", "HNSW16,Flat", {"efSearch": 128}),
     ("ivfpq", "IVF10,PQ2", {"nprobe": 8}),
+    ("ivf8pqfs", "IVF8,PQ4x4fs,RFlat", {"nprobe": 8, "k_factor_rf": 8}),
+    ("hnsw-pca", "PCA8,HNSW32,RFlat", {"efSearch": 128, "k_factor_rf": 8}),  # 64 dims would not reduce 16
+    ("hnsw16-pca12", "PCA12,HNSW16,RFlat", {"efSearch": 128, "k_factor_rf": 8}),
     ("IVF4,Flat", "IVF4,Flat", {}),  # a FAISS factory string, as it is
 ])
 def test_index_types_find_exact_matches_and_load_as_saved(tmp_path, index_type, factory, search):
@@ -122,6 +125,17 @@ def test_index_types_find_exact_matches_and_load_as_saved(tmp_path, index_type, 
     index.save(tmp_path / "saved")
     loaded = VectorIndex.load(tmp_path / "saved")
     assert loaded.search(vectors[:10], 3)[1] == ids and loaded.manifest["search"] == search
+
+
+def test_hnsw_on_principal_components_builds_a_denser_graph():
+    import faiss
+
+    from lamra.index_types import PCA_EF_CONSTRUCTION
+
+    index = VectorIndex.from_vectors(random_unit(300, 16, seed=5), [str(i) for i in range(300)], index_type="hnsw-pca")
+    refine = faiss.downcast_index(index.faiss_index)
+    hnsw = faiss.downcast_index(faiss.downcast_index(refine.base_index).index)
+    assert hnsw.hnsw.efConstruction == PCA_EF_CONSTRUCTION and refine.k_factor == 8
 
 
 def test_search_parameters_are_kept_and_can_be_changed():
@@ -142,7 +156,7 @@ def test_search_parameters_are_kept_and_can_be_changed():
         narrow.set_search(efSearch=64)
 
 
-@pytest.mark.parametrize("bad", ["ivf0", "ivf5000", "nonsense", "hnswx"])
+@pytest.mark.parametrize("bad", ["ivf0", "ivf5000", "nonsense", "hnswx", "hnsw-pca16", "hnsw-pca0"])
 def test_unknown_or_impossible_index_types_are_refused_by_name(bad):
     with pytest.raises(ValueError, match=bad):
         VectorIndex.from_vectors(random_unit(100, 16, seed=4), [str(i) for i in range(100)], index_type=bad)
