@@ -170,6 +170,22 @@ def test_rank_samples(data, compact_backbone, tmp_path):
         assert 2 <= len(numbers) <= 5 and 1 <= k <= len(numbers)
 
 
+def test_chance_loss_is_that_of_a_reranker_that_knows_only_the_format(data, compact_backbone, tmp_path):
+    import math
+
+    from lamra.train.rerank import chance_loss
+
+    recipe = load_recipe("smoke-rank", overrides(data, tmp_path, "rank", listwise_min_candidates=2,
+                                                 listwise_max_candidates=5))
+    # SmolLM2's tokenizer: "Yes"/"No" + <|im_end|> (2 tokens), "Ans: (k)" + <|im_end|> (6)
+    expected = (2 * math.log(2) + sum(math.log(n) for n in range(2, 6)) / 4) / (2 + 2 + 6)
+    assert chance_loss(compact_backbone, recipe) == pytest.approx(expected, abs=1e-9)
+    assert 0.25 < expected < 0.27  # where the CPU rerankers' loss settled (0.26-0.29)
+    pairs_only = load_recipe("smoke-rank", overrides(data, tmp_path, "rank", listwise_min_candidates=2,
+                                                     listwise_max_candidates=2))
+    assert chance_loss(compact_backbone, pairs_only) == pytest.approx(3 * math.log(2) / 10, abs=1e-9)
+
+
 def test_stage0_captions_come_from_training_queries(data):
     from lamra.train.align import training_captions
     from lamra.train.stages.mbeir_data import MBEIRTrainData

@@ -13,6 +13,7 @@ Draws use a generator seeded by (seed, epoch, qid, kind). Only the answer tokens
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -84,6 +85,24 @@ class RerankSamples:
         chosen.insert(answer, positive)
         candidates = [self._cut(data.cand_segments(did), count + 1) for did in chosen]
         return listwise_messages(self._cut(query_segments, count + 1), candidates, answer + 1)
+
+
+def chance_loss(backbone: Backbone, recipe: Recipe) -> float:
+    """The loss of a reranker that has learned the answer format and the share of "Yes", but not the
+    match: ln 2 for each pointwise answer, the mean ln n over listwise sizes n, divided by all the
+    supervised tokens of a query's three samples (format tokens cost it nothing). A run whose loss
+    settles here has learned nothing that reorders a list; the shipped CPU rerankers settled at
+    0.26-0.29 against 0.258. Assumes enough mined negatives for the largest list."""
+
+    def supervised(conversation: list[dict]) -> int:
+        labels = backbone.build_training_inputs([conversation])["labels"]
+        return int((labels[:, 1:] != IGNORE_INDEX).sum())
+
+    sizes = range(recipe.listwise_min_candidates, recipe.listwise_max_candidates + 1)
+    pointwise_tokens = supervised(pointwise_messages(["q"], ["c"], YES)) + supervised(pointwise_messages(["q"], ["c"], NO))
+    listwise_tokens = sum(supervised(listwise_messages(["q"], [["c"]] * n, n)) for n in sizes) / len(sizes)
+    informative = 2 * math.log(2) + sum(math.log(n) for n in sizes) / len(sizes)
+    return informative / (pointwise_tokens + listwise_tokens)
 
 
 def answer_token_loss(backbone: Backbone, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -7,7 +7,10 @@ a mined top-K (``lamra train mine``), one LoRA adapter from the base model (stag
 
 from __future__ import annotations
 
+from tqdm.auto import tqdm
+
 from lamra.train import rerank
+from lamra.train.distributed import is_main_process
 from lamra.train.mining import read_mined
 from lamra.train.recipe import Recipe
 from lamra.train.stages.mbeir_data import MBEIRTrainData
@@ -22,4 +25,7 @@ def prepare(recipe: Recipe, backbone) -> StageSteps:
     if not recipe.rerank_data:
         raise StageSetupError(f"recipe {recipe.name!r} (rank) needs `rerank_data` (lamra train mine)")
     samples = rerank.RerankSamples(data, read_mined(recipe.rerank_data), recipe, backbone)
+    if is_main_process():
+        tqdm.write(f"rank: a reranker that knows only the answer format scores loss "
+                   f"{rerank.chance_loss(backbone, recipe):.3f} on these samples; below it, it is learning the match")
     return StageSteps(rerank.next_token_step_fn(backbone, recipe, samples.sample), len(samples), "sum")
