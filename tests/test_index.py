@@ -109,7 +109,7 @@ def test_stale_index_is_detected(tmp_path):
     ("hnsw", "HNSW32,Flat", {"efSearch": 128}),
     ("hnsw16", "HNSW16,Flat", {"efSearch": 128}),
     ("ivfpq", "IVF10,PQ2", {"nprobe": 8}),
-    ("ivf8pqfs", "IVF8,PQ4x4fs,RFlat", {"nprobe": 8, "k_factor_rf": 8}),
+    ("ivf8pqfs", "IVF8,PQ4x4fs,RFlat", {"nprobe": 8, "k_factor_rf": 32}),
     ("hnsw-pca", "PCA8,HNSW32,RFlat", {"efSearch": 128, "k_factor_rf": 8}),  # 64 dims would not reduce 16
     ("hnsw16-pca12", "PCA12,HNSW16,RFlat", {"efSearch": 128, "k_factor_rf": 8}),
     ("IVF4,Flat", "IVF4,Flat", {}),  # a FAISS factory string, as it is

@@ -125,7 +125,7 @@ def index(
     pool: Annotated[Path, typer.Argument(help="An M-BEIR candidate pool jsonl.")],
     out: Annotated[Path, typer.Option(help="Index directory (written atomically; a killed run resumes).")],
     image_root: Annotated[Optional[Path], typer.Option(help="Root for img_path; default: the M-BEIR root.")] = None,
-    index_type: Annotated[str, typer.Option("--index", help="flat (exact), ivf[N], ivfpq, hnsw[M], or a FAISS factory string.")] = "flat",
+    index_type: Annotated[str, typer.Option("--index", help="flat (exact), ivf[N], ivfpq, ivfpqfs, hnsw[M], hnsw[M]-pca[D], or a FAISS factory string.")] = "flat",
     batch_size: int = 32,
     model: ModelOption = None,
     precision: PrecisionOption = "auto",

@@ -210,8 +210,8 @@ class VectorIndex:
         assume_normalised: bool = False,
     ) -> "VectorIndex":
         """Index vectors (L2-normalised here unless ``assume_normalised``); duplicate ids are refused.
-        ``index_type``: "flat" (default, exact), "ivf[N]", "ivfpq", "hnsw[M]" or a FAISS factory
-        string; ``search`` overrides its search parameters (``{"nprobe": 32}``, ``{"efSearch": 256}``)."""
+        ``index_type``: "flat" (default, exact), a name of ``lamra.index_types`` ("ivf[N]", "hnsw-pca",
+        ...) or a FAISS factory string; ``search`` overrides its search parameters (``{"nprobe": 32}``, ``{"efSearch": 256}``)."""
         ids = [str(did) for did in ids]
         _refuse_duplicate_ids(ids)
         if not assume_normalised:
