@@ -237,7 +237,7 @@ def diagnose(
         from lamra.evaluate.fusion import RerankMethod, model_reranker
         from lamra.evaluate.runner import evaluate_mbeir
 
-        method = RerankMethod("pointwise", model_reranker(lamra, data_root, mode="pointwise"), top_k, {}, 0.0)
+        method = RerankMethod("pointwise", model_reranker(lamra, data_root, mode="pointwise"), top_k)
         report = evaluate_mbeir(lamra, data_root, method="retrieval", split=split, rerankers=[method],
                                 queries_per_task=queries_per_task)
         typer.echo("\n" + separation_table(rerank_separation(report, method.name), top_k))

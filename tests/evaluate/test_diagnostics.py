@@ -90,6 +90,10 @@ def test_rerank_separation_tells_an_oracle_from_a_coin_flip(tmp_path):
     assert "| mean |" in table and "0.500" in table.splitlines()[-1]
     with pytest.raises(ValueError, match="no results of reranker"):
         rerank_separation(report, "missing")
+    unweighted = evaluate_mbeir(HashingEncoder(), root, split="val", show_progress=False,
+                                rerankers=[RerankMethod("oracle", oracle, top_k=5, default_weight=0.0)])
+    with pytest.raises(ValueError, match="was not run"):  # zeros, not scores: no AUC from them
+        rerank_separation(unweighted, "oracle")
 
 
 @pytest.fixture(scope="module")

@@ -131,6 +131,8 @@ def rerank_separation(report: EvaluationReport, reranker: str, pool: str = "loca
     for result in report.results:
         if result.method != reranker or result.pool != pool or result.skipped:
             continue
+        if result.seconds.get("rerank_skipped"):  # weight 0: its scores are placeholder zeros
+            raise ValueError(f"reranker {reranker!r} was not run on {result.task.key} (fusion weight 0)")
         judged = data.qrels(report.split, result.task.dataset, result.task.task_id)
         retrieval, rerank = [], []
         for qid, entry in result.retrieved.items():
