@@ -15,9 +15,9 @@ anything else         passed to FAISS as it is           FAISS's own defaults
 
 ``N`` (inverted lists) defaults to 4 sqrt(count), FAISS's own guideline, and never more than one
 list per 39 vectors (k-means wants 39 training points a list); ``D`` (principal components kept) to
-64, or half the dims below 128. Trained types (IVF, PQ, PCA) are
-trained on a seeded sample of at most 256 points per list: more adds time, not quality. Every index
-is built for inner product over unit vectors (cosine similarity).
+64, or half the dims below 128. Trained types (IVF, PQ, PCA) are trained on a seeded sample of at
+most 256 points per list: more adds time, not quality. Every index is built for inner product over
+unit vectors (cosine similarity).
 
 The two ``RFlat`` types search a cheap approximation for ``k * k_factor_rf`` candidates, then rank
 those by exact inner product (FAISS's IndexRefineFlat keeps the full vectors for that):
@@ -25,7 +25,7 @@ those by exact inner product (FAISS's IndexRefineFlat keeps the full vectors for
 - ``ivfpqfs``: 4-bit PQ codes scanned with SIMD lookups (FAISS "fast scan"), many times faster per
   list than float vectors, so a search can afford to visit more lists; the codes order candidates
   coarsely, so the exact pass takes 32 per result wanted (at 1M vectors, nprobe 512: recall@10 0.911
-  with 8, 0.983 with 32, for 18% less speed; ``results/search.md``);
+  with 8 at 14.0x flat's speed, 0.983 with 32 at 10.9x; ``results/search.md``);
 - ``hnsw-pca``: the graph is built and walked on the first D principal components. Embeddings use a
   few dozen directions (the participation ratio of the compact model's vectors is about 60 of 576),
   so the graph keeps the neighbourhoods at a ninth of the distance cost, and that cheapness buys a
