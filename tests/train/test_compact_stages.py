@@ -46,14 +46,15 @@ def chain(tmp_path_factory):
                                                 init_from=str(out["stage2"].final_dir), adapter_name="stage2-hardneg",
                                                 hard_negatives=1, mined_negatives=str(mined)))
     out["stage2b"] = run_stage(r2b, show_progress=False)
-    # a reranker trained on top of a packaged LamRA-Ret (its adapters and projector) instead of stage 0
+    # a reranker trained on top of a packaged LamRA-Ret (its adapters and projector) instead of stage 0,
+    # with the grouped loss (the next-token loss is the first rank run's)
     from lamra.train.package import package_retrieval
 
     out["packaged"] = package_retrieval(out["stage2"].final_dir, runs / "packaged")
     ron = load_recipe("smoke-rank", overrides(data, runs, "rank", **{**SMALL, "batch_size": 3, "chunk_size": 3},
                                               max_steps=2, name="smoke-rank-on-ret", init_from=str(out["packaged"]),
                                               rerank_data=str(mined), rank_from_retriever=True,
-                                              train_projector=True))
+                                              train_projector=True, rank_loss="grouped", rank_group_size=3))
     out["rank_on_ret"] = run_stage(ron, show_progress=False)
     return out
 
@@ -203,6 +204,7 @@ def test_rank_on_retriever_stacks_its_adapter_on_the_retrievers(chain):
     from lamra.train.package import lora_deltas
 
     packaged, final = chain["packaged"], chain["rank_on_ret"].final_dir
+    assert len(chain["rank_on_ret"].losses) == 2 and torch.isfinite(torch.tensor(chain["rank_on_ret"].losses)).all()
     config = read_light_config(final)
     assert config["roles"]["rank"]["adapters"] == ["adapters/retrieval", "adapters/rank"]
     assert role_digest(final, "retrieval") == role_digest(packaged, "retrieval")  # copied unchanged

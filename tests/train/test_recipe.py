@@ -76,6 +76,9 @@ def test_unknown_keys_and_bad_values_name_the_key_and_file(tmp_path):
         ("stage: stage2\nadapter_name: ../stage2\n", "adapter_name must be a plain folder name"),
         ("stage: stage2\nmined_negative_modality: image\n", "mined_negative_modality must be 'any' or 'other'"),
         ("stage: stage2\nrank_from_retriever: true\n", "rank_from_retriever is for the compact backbone's rank"),
+        ("stage: rank\nrank_loss: pairwise\n", "rank_loss must be 'next_token' or 'grouped'"),
+        ("stage: rank\nrank_loss: grouped\nrank_group_size: 1\n", "rank_group_size >= 2"),
+        ("stage: stage2\nrank_loss: grouped\n", "rank_loss: grouped is for the rank stage"),
         ("- just\n- a list\n", "mapping"),
         ("stage: [unclosed\n", "not valid YAML"),
     ]:

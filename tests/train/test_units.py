@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import replace
 
 import pytest
 import torch
@@ -170,6 +171,98 @@ def test_rank_samples(data, compact_backbone, tmp_path):
         assert 2 <= len(numbers) <= 5 and 1 <= k <= len(numbers)
 
 
+def _mined_top12(train):
+    return {q.qid: {"qid": q.qid, "gt_docs": q.pos_cand_list,
+                    "top_docs": q.pos_cand_list[:1] + [d for d in list(train.pool)[:12] if d not in q.pos_cand_list]}
+            for q in train.queries}
+
+
+def test_rank_groups_put_the_positive_first(data, compact_backbone, tmp_path):
+    from lamra.train.rerank import RerankSamples
+    from lamra.train.stages.mbeir_data import MBEIRTrainData
+
+    recipe = load_recipe("smoke-rank", overrides(data, tmp_path, "rank", rank_loss="grouped", rank_group_size=4))
+    train = MBEIRTrainData.from_recipe(recipe)
+    samples = RerankSamples(train, _mined_top12(train), recipe, compact_backbone)
+    for index, query in enumerate(samples.queries[:6]):
+        group = samples.group(index, 0)
+        candidates = [tuple(_candidate_parts(prompt)) for prompt in group]
+        assert len(group) == min(4, 1 + len(samples.negatives[query.qid]))
+        assert all(prompt[0]["content"][0]["text"] == POINTWISE_INSTRUCTION and len(prompt) == 1 for prompt in group)
+        expected = {tuple(_candidate_parts(p)) for p in (samples.sample(3 * index, e) for e in range(8))}
+        assert candidates[0] in expected  # the positive, as its "Yes" samples show it
+        assert len(set(candidates)) == len(candidates)  # negatives drawn without replacement
+        assert samples.group(index, 0) == group  # seeded by (seed, epoch, qid)
+
+
+def _candidate_parts(prompt):
+    """What follows the candidate label in a pointwise prompt: texts, and images by identity."""
+    from lamra.prompts import CANDIDATE_LABEL
+
+    parts = [p["text"] if p["type"] == "text" else id(p["image"]) for p in prompt[0]["content"]]
+    return parts[parts.index(CANDIDATE_LABEL):]
+
+
+def test_grouped_rank_loss_adds_up_over_micro_batches(data, tmp_path):
+    from lamra.backbones.compact import CompactBackbone
+    from lamra.train.lora import add_lora
+    from lamra.train.rerank import RerankSamples, grouped_step_fn
+    from lamra.train.stages.mbeir_data import MBEIRTrainData
+
+    backbone = CompactBackbone.from_parts(image_grid=2, seed=0)
+    add_lora(backbone, 4, 8, 0.0)
+    params = [p for p in backbone.model.parameters() if p.requires_grad]
+    recipe = load_recipe("smoke-rank", overrides(data, tmp_path, "rank", rank_loss="grouped", bf16=False))
+    train = MBEIRTrainData.from_recipe(recipe)
+    samples = RerankSamples(train, _mined_top12(train), recipe, backbone)
+    runs = []
+    for chunk in (1, 3):
+        backbone.model.zero_grad()
+        step = grouped_step_fn(backbone, replace(recipe, chunk_size=chunk), samples)
+        loss = step([0, 1, 2], 0)
+        runs.append((loss, torch.cat([p.grad.flatten() for p in params])))
+    (loss_one, grad_one), (loss_all, grad_all) = runs
+    assert 0.5 < loss_one < 20 and loss_one == pytest.approx(loss_all, rel=1e-4)
+    assert torch.allclose(grad_one, grad_all, rtol=1e-3, atol=1e-6) and grad_one.abs().sum() > 0
+
+
+def test_grouped_rank_loss_teaches_the_positive_first(data, tmp_path):
+    """A tiny reranker fits its training groups: the positive's Yes-No logit ends up first in most."""
+    from lamra.backbones.compact import CompactBackbone
+    from lamra.reranker import single_token_id
+    from lamra.train.lora import add_lora
+    from lamra.train.rerank import RerankSamples, grouped_step_fn
+    from lamra.train.stages.mbeir_data import MBEIRTrainData
+
+    torch.manual_seed(0)
+    backbone = CompactBackbone.from_parts(image_grid=2, seed=0)
+    add_lora(backbone, 8, 16, 0.0)
+    recipe = load_recipe("smoke-rank", overrides(data, tmp_path, "rank", rank_loss="grouped", max_train_examples=8))
+    train = MBEIRTrainData.from_recipe(recipe)
+    samples = RerankSamples(train, _mined_top12(train), recipe, backbone)
+    queries = list(range(len(samples.queries)))
+    yes, no = single_token_id(backbone, "Yes"), single_token_id(backbone, "No")
+
+    @torch.no_grad()
+    def positive_first() -> float:
+        hits = 0
+        for index in queries:
+            inputs = backbone.build_inputs(samples.group(index, 0), add_generation_prompt=True)
+            logits = backbone.logits_at(backbone.hidden_states(inputs)[:, -1], fp32=True)
+            hits += int((logits[:, yes] - logits[:, no]).argmax() == 0)
+        return hits / len(queries)
+
+    before = positive_first()
+    step = grouped_step_fn(backbone, recipe, samples)
+    optimizer = torch.optim.AdamW([p for p in backbone.model.parameters() if p.requires_grad], lr=2e-3)
+    for _ in range(12):
+        optimizer.zero_grad()
+        step(queries, 0)
+        optimizer.step()
+    after = positive_first()
+    assert len(queries) == 8 and after >= 0.75 and after > before  # groups of 4: chance is 0.25
+
+
 def test_chance_loss_is_that_of_a_reranker_that_knows_only_the_format(data, compact_backbone, tmp_path):
     import math
 
@@ -184,6 +277,10 @@ def test_chance_loss_is_that_of_a_reranker_that_knows_only_the_format(data, comp
     pairs_only = load_recipe("smoke-rank", overrides(data, tmp_path, "rank", listwise_min_candidates=2,
                                                      listwise_max_candidates=2))
     assert chance_loss(compact_backbone, pairs_only) == pytest.approx(3 * math.log(2) / 10, abs=1e-9)
+    grouped = load_recipe("smoke-rank", overrides(data, tmp_path, "rank", listwise_min_candidates=2,
+                                                  listwise_max_candidates=2, rank_loss="grouped", rank_group_size=4))
+    binary_entropy = -(0.25 * math.log(0.25) + 0.75 * math.log(0.75))
+    assert chance_loss(compact_backbone, grouped) == pytest.approx(math.log(4) + binary_entropy + math.log(2) / 6, abs=1e-9)
 
 
 def test_stage0_captions_come_from_training_queries(data):

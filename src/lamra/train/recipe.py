@@ -91,6 +91,9 @@ class Recipe:
     rank_from_retriever: bool = False  # compact: train on top of init_from's LamRA-Ret (adapters + projector)
     listwise_min_candidates: int = 2
     listwise_max_candidates: int = 5
+    rank_loss: str = "next_token"  # official; "grouped": a query's positive and mined negatives ordered
+    # by their Yes-No logits in one softmax, plus each answer's and the listwise next-token loss
+    rank_group_size: int = 4  # grouped: the positive and this many minus one mined negatives
 
     # Data (M-BEIR layout; stage 1: the text-pair csv; stage 0: captions of training images).
     train_data: str | None = None
@@ -267,5 +270,9 @@ def _check_recipe(recipe: Recipe, source: str) -> None:
         fail(f"adapter_name must be a plain folder name, got {recipe.adapter_name!r}")
     if recipe.rank_from_retriever and (recipe.stage != "rank" or recipe.backbone != "compact"):
         fail("rank_from_retriever is for the compact backbone's rank stage")
+    if recipe.rank_loss not in ("next_token", "grouped"):
+        fail(f"rank_loss must be 'next_token' or 'grouped', got {recipe.rank_loss!r}")
+    if recipe.rank_loss == "grouped" and (recipe.stage != "rank" or recipe.rank_group_size < 2):
+        fail("rank_loss: grouped is for the rank stage, with rank_group_size >= 2")
     if not 2 <= recipe.listwise_min_candidates <= recipe.listwise_max_candidates:
         fail("need 2 <= listwise_min_candidates <= listwise_max_candidates")

@@ -9,6 +9,16 @@ From each mined query (``lamra train mine``) three samples, with the official pr
 
 Draws use a generator seeded by (seed, epoch, qid, kind). Only the answer tokens are supervised
 (``Backbone.build_training_inputs``). Sample index i is query i // 3, kind i % 3.
+
+``rank_loss: grouped`` (compact recipes) trains the same pointwise prompts as a group instead: a
+query's positive and ``rank_group_size - 1`` of its mined non-positives, each scored by its "Yes"
+minus "No" logit (the score the pointwise reranker reads), with a softmax cross-entropy over the
+group that puts the positive first, plus each prompt's own Yes/No cross-entropy (the next-token loss
+restricted to those two answers, which keeps P("Yes") meaningful), plus the query's listwise sample
+under the next-token loss. Why: on the next-token loss a pointwise answer is judged alone, and a
+reranker that answers at the base rate of "Yes" loses almost nothing (``chance_loss``); the compact
+rerankers settled there and could not even fit 48 training queries in 69 steps. The group loss is
+paid only by ordering the query's own candidates, the thing reranking is for.
 """
 
 from __future__ import annotations
@@ -24,6 +34,7 @@ from lamra.backbones.base import IGNORE_INDEX, Backbone
 from lamra.data.mbeir import MBEIRQuery
 from lamra.items import Segment
 from lamra.prompts import MAX_RERANK_TEXT_TOKENS, NO, YES, listwise_messages, pointwise_messages
+from lamra.reranker import single_token_id
 from lamra.train.distributed import is_distributed
 from lamra.train.recipe import Recipe
 from lamra.train.stages.mbeir_data import MBEIRTrainData
@@ -86,23 +97,43 @@ class RerankSamples:
         candidates = [self._cut(data.cand_segments(did), count + 1) for did in chosen]
         return listwise_messages(self._cut(query_segments, count + 1), candidates, answer + 1)
 
+    def group(self, query_index: int, epoch: int) -> list[list[dict]]:
+        """Pointwise prompts (no answer) of the query's positive, first, then up to
+        ``rank_group_size - 1`` mined non-positives drawn without replacement."""
+        query = self.queries[query_index]
+        data = self.data
+        rng = data.rng_for(query, epoch, "group")
+        positive = rng.choice(data.positives(query))
+        instruction = data.instruction(query, data.pool[positive].modality, rng)
+        query_segments = self._cut(data.query_segments(query, instruction), 2)
+        negatives = self.negatives[query.qid]
+        chosen = [positive, *rng.sample(negatives, min(self.recipe.rank_group_size - 1, len(negatives)))]
+        return [pointwise_messages(query_segments, self._cut(data.cand_segments(did), 2)) for did in chosen]
+
 
 def chance_loss(backbone: Backbone, recipe: Recipe) -> float:
     """The loss of a reranker that has learned the answer format and the share of "Yes", but not the
-    match: ln 2 for each pointwise answer, the mean ln n over listwise sizes n, divided by all the
-    supervised tokens of a query's three samples (format tokens cost it nothing). A run whose loss
-    settles here has learned nothing that reorders a list; the shipped CPU rerankers settled at
-    0.26-0.29 against 0.258. Assumes enough mined negatives for the largest list."""
+    match. Next-token loss: ln 2 for each pointwise answer, the mean ln n over listwise sizes n,
+    divided by all the supervised tokens of a query's three samples (format tokens cost it nothing);
+    the shipped CPU rerankers settled at 0.26-0.29 against 0.258. Grouped loss: ln G for the group's
+    softmax, the binary entropy of 1/G for its Yes/No answers, and the listwise sample's ln n over
+    its tokens. A run whose loss settles here has learned nothing that reorders a list. Assumes
+    enough mined negatives for the largest list and group."""
 
     def supervised(conversation: list[dict]) -> int:
         labels = backbone.build_training_inputs([conversation])["labels"]
         return int((labels[:, 1:] != IGNORE_INDEX).sum())
 
     sizes = range(recipe.listwise_min_candidates, recipe.listwise_max_candidates + 1)
+    listwise_tokens = {n: supervised(listwise_messages(["q"], [["c"]] * n, n)) for n in sizes}
+    if recipe.rank_loss == "grouped":
+        share = 1.0 / recipe.rank_group_size
+        answers = -(share * math.log(share) + (1 - share) * math.log(1 - share))
+        listwise = sum(math.log(n) / listwise_tokens[n] for n in sizes) / len(sizes)
+        return math.log(recipe.rank_group_size) + answers + listwise
     pointwise_tokens = supervised(pointwise_messages(["q"], ["c"], YES)) + supervised(pointwise_messages(["q"], ["c"], NO))
-    listwise_tokens = sum(supervised(listwise_messages(["q"], [["c"]] * n, n)) for n in sizes) / len(sizes)
     informative = 2 * math.log(2) + sum(math.log(n) for n in sizes) / len(sizes)
-    return informative / (pointwise_tokens + listwise_tokens)
+    return informative / (pointwise_tokens + sum(listwise_tokens.values()) / len(sizes))
 
 
 def answer_token_loss(backbone: Backbone, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -140,6 +171,49 @@ def next_token_step_fn(
             with autocast(recipe, backbone.device):
                 hidden = backbone.hidden_states(batch)
                 loss = answer_token_loss(backbone, hidden, labels) / tokens.clamp(min=1.0)
+            loss.backward()
+            total += float(loss.detach())
+        return total
+
+    return step
+
+
+def grouped_step_fn(backbone: Backbone, recipe: Recipe, samples: RerankSamples) -> Callable[[list[int], int], float]:
+    """The Trainer's step for ``rank_loss: grouped`` (module doc); example i is query i, and
+    ``chunk_size`` queries go through the model at once. Each query's three terms are summed and
+    divided by the global number of queries in the batch, so micro-batches and processes add up to
+    the batch mean, as the next-token step's do."""
+    yes_id, no_id = (single_token_id(backbone, answer) for answer in (YES, NO))
+
+    def chunk_loss(query_indices: list[int], epoch: int) -> torch.Tensor:
+        groups = [samples.group(index, epoch) for index in query_indices]
+        inputs = backbone.build_inputs([c for group in groups for c in group], add_generation_prompt=True,
+                                       padding_side="left")
+        listwise = backbone.build_training_inputs([samples.sample(3 * index + 2, epoch) for index in query_indices])
+        labels = listwise.pop("labels")
+        with autocast(recipe, backbone.device):
+            logits = backbone.logits_at(backbone.hidden_states(inputs)[:, -1], fp32=True)
+            listwise_hidden = backbone.hidden_states(listwise)
+        answer_tokens = (labels[:, 1:] != IGNORE_INDEX).sum(dim=1).clamp(min=1)
+        listwise_loss = sum(answer_token_loss(backbone, listwise_hidden[row : row + 1], labels[row : row + 1])
+                            / answer_tokens[row] for row in range(len(query_indices)))
+        scores = (logits[:, yes_id] - logits[:, no_id]).split([len(group) for group in groups])
+        total = listwise_loss
+        for group_scores in scores:  # the positive is each group's first prompt
+            targets = torch.zeros_like(group_scores)
+            targets[0] = 1.0
+            total = total + F.cross_entropy(group_scores[None], targets[None].argmax(dim=1))
+            total = total + F.binary_cross_entropy_with_logits(group_scores, targets)
+        return total
+
+    def step(indices: list[int], epoch: int) -> float:
+        count = torch.tensor(float(len(indices)))
+        if is_distributed():
+            dist.all_reduce(count)
+        size = recipe.chunk_size or len(indices)
+        total = 0.0
+        for start in range(0, len(indices), size):
+            loss = chunk_loss(indices[start : start + size], epoch) / count
             loss.backward()
             total += float(loss.detach())
         return total

@@ -28,4 +28,6 @@ def prepare(recipe: Recipe, backbone) -> StageSteps:
     if is_main_process():
         tqdm.write(f"rank: a reranker that knows only the answer format scores loss "
                    f"{rerank.chance_loss(backbone, recipe):.3f} on these samples; below it, it is learning the match")
+    if recipe.rank_loss == "grouped":
+        return StageSteps(rerank.grouped_step_fn(backbone, recipe, samples), len(samples.queries), "sum")
     return StageSteps(rerank.next_token_step_fn(backbone, recipe, samples.sample), len(samples), "sum")
