@@ -198,12 +198,12 @@ def grouped_step_fn(backbone: Backbone, recipe: Recipe, samples: RerankSamples) 
         listwise_loss = sum(answer_token_loss(backbone, listwise_hidden[row : row + 1], labels[row : row + 1])
                             / answer_tokens[row] for row in range(len(query_indices)))
         scores = (logits[:, yes_id] - logits[:, no_id]).split([len(group) for group in groups])
+        first = torch.zeros(1, dtype=torch.long, device=logits.device)
         total = listwise_loss
         for group_scores in scores:  # the positive is each group's first prompt
-            targets = torch.zeros_like(group_scores)
-            targets[0] = 1.0
-            total = total + F.cross_entropy(group_scores[None], targets[None].argmax(dim=1))
-            total = total + F.binary_cross_entropy_with_logits(group_scores, targets)
+            answers = (torch.arange(len(group_scores), device=logits.device) == 0).float()
+            total = total + F.cross_entropy(group_scores[None], first)
+            total = total + F.binary_cross_entropy_with_logits(group_scores, answers)
         return total
 
     def step(indices: list[int], epoch: int) -> float:
