@@ -76,14 +76,9 @@ class RerankSamples:
 
     def sample(self, index: int, epoch: int) -> list[dict]:
         """The training conversation of sample ``index`` (ends with the assistant's answer)."""
-        query = self.queries[index // 3]
         kind = KINDS[index % 3]
         data = self.data
-        rng = data.rng_for(query, epoch, kind)
-        positive = rng.choice(data.positives(query))
-        instruction = data.instruction(query, data.pool[positive].modality, rng)
-        query_segments = data.query_segments(query, instruction)
-        negatives = self.negatives[query.qid]
+        rng, positive, query_segments, negatives = self._draw(index // 3, epoch, kind)
         if kind == "pointwise_positive":
             return pointwise_messages(self._cut(query_segments, 2), self._cut(data.cand_segments(positive), 2), YES)
         if kind == "pointwise_negative":
@@ -100,15 +95,20 @@ class RerankSamples:
     def group(self, query_index: int, epoch: int) -> list[list[dict]]:
         """Pointwise prompts (no answer) of the query's positive, first, then up to
         ``rank_group_size - 1`` mined non-positives drawn without replacement."""
+        rng, positive, query_segments, negatives = self._draw(query_index, epoch, "group")
+        chosen = [positive, *rng.sample(negatives, min(self.recipe.rank_group_size - 1, len(negatives)))]
+        query_segments = self._cut(query_segments, 2)
+        return [pointwise_messages(query_segments, self._cut(self.data.cand_segments(did), 2)) for did in chosen]
+
+    def _draw(self, query_index: int, epoch: int, purpose: str):
+        """A sample's seeded generator (by epoch, query and ``purpose``), after it has drawn the
+        positive and the instruction; the query's segments; its mined non-positives."""
         query = self.queries[query_index]
         data = self.data
-        rng = data.rng_for(query, epoch, "group")
+        rng = data.rng_for(query, epoch, purpose)
         positive = rng.choice(data.positives(query))
         instruction = data.instruction(query, data.pool[positive].modality, rng)
-        query_segments = self._cut(data.query_segments(query, instruction), 2)
-        negatives = self.negatives[query.qid]
-        chosen = [positive, *rng.sample(negatives, min(self.recipe.rank_group_size - 1, len(negatives)))]
-        return [pointwise_messages(query_segments, self._cut(data.cand_segments(did), 2)) for did in chosen]
+        return rng, positive, data.query_segments(query, instruction), self.negatives[query.qid]
 
 
 def chance_loss(backbone: Backbone, recipe: Recipe) -> float:
