@@ -79,6 +79,9 @@ def test_unknown_keys_and_bad_values_name_the_key_and_file(tmp_path):
         ("stage: rank\nrank_loss: pairwise\n", "rank_loss must be 'next_token' or 'grouped'"),
         ("stage: rank\nrank_loss: grouped\nrank_group_size: 1\n", "rank_group_size >= 2"),
         ("stage: stage2\nrank_loss: grouped\n", "rank_loss: grouped is for the rank stage"),
+        ("stage: stage2\nrank_datasets: [EmojiQA]\n", "rank_datasets is for the rank stage"),
+        ("stage: rank\nrank_datasets: []\n", "rank_datasets must be a list of strings"),
+        ("stage: rank\nrank_datasets: [EmojiQA, Nowhere]\n", "unknown dataset 'Nowhere'"),
         ("- just\n- a list\n", "mapping"),
         ("stage: [unclosed\n", "not valid YAML"),
     ]:

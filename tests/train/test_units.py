@@ -195,6 +195,14 @@ def test_rank_groups_put_the_positive_first(data, compact_backbone, tmp_path):
         assert samples.group(index, 0) == group  # seeded by (seed, epoch, qid)
 
 
+def test_rank_datasets_keep_only_those_datasets_queries():
+    from lamra.train.mining import of_datasets
+
+    mined = {qid: {"qid": qid, "top_docs": []} for qid in ("11:1", "11:2", "12:7", "14:3")}
+    assert set(of_datasets(mined, ["WordNetPassage", "12"])) == {"11:1", "11:2", "12:7"}  # a name or an id
+    assert of_datasets(mined, ["EmojiQA"]) == {}
+
+
 def _candidate_parts(prompt):
     """What follows the candidate label in a pointwise prompt: texts, and images by identity."""
     from lamra.prompts import CANDIDATE_LABEL

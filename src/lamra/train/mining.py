@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 
 from lamra.atomic_io import atomic_write
 from lamra.backbones.base import Backbone
+from lamra.data.mbeir import dataset_id_of
 from lamra.index import VectorIndex
 from lamra.prompts import format_mbeir_text
 from lamra.retriever import Retriever
@@ -80,6 +81,12 @@ def read_mined(path: str | os.PathLike) -> dict[str, dict]:
             except (json.JSONDecodeError, KeyError) as error:
                 raise StageSetupError(f"{path}:{line_no}: not a mined record ({error})") from None
     return mined
+
+
+def of_datasets(mined: dict[str, dict], datasets: list[str]) -> dict[str, dict]:
+    """The mined records whose query belongs to one of ``datasets`` (names or ids)."""
+    wanted = {dataset_id_of(dataset) for dataset in datasets}
+    return {qid: record for qid, record in mined.items() if dataset_id_of(qid) in wanted}
 
 
 def _pool_key(dids: list[str]) -> str:

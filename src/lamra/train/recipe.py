@@ -22,6 +22,7 @@ import yaml
 
 from lamra.assets import lamra_home
 from lamra.atomic_io import atomic_write_text
+from lamra.data.mbeir import dataset_id_of
 
 STAGES = ("stage0", "stage1", "stage2", "rank")
 REPO_RECIPES_DIR = Path(__file__).resolve().parents[3] / "recipes"  # src/lamra/train -> repo root
@@ -94,6 +95,7 @@ class Recipe:
     rank_loss: str = "next_token"  # official; "grouped": a query's positive and mined negatives ordered
     # by their Yes-No logits in one softmax, plus each answer's and the listwise next-token loss
     rank_group_size: int = 4  # grouped: the positive and this many minus one mined negatives
+    rank_datasets: list[str] | None = None  # rank: train on these datasets' mined queries only (names or ids)
 
     # Data (M-BEIR layout; stage 1: the text-pair csv; stage 0: captions of training images).
     train_data: str | None = None
@@ -274,5 +276,13 @@ def _check_recipe(recipe: Recipe, source: str) -> None:
         fail(f"rank_loss must be 'next_token' or 'grouped', got {recipe.rank_loss!r}")
     if recipe.rank_loss == "grouped" and (recipe.stage != "rank" or recipe.rank_group_size < 2):
         fail("rank_loss: grouped is for the rank stage, with rank_group_size >= 2")
+    if recipe.rank_datasets is not None:
+        if recipe.stage != "rank":
+            fail("rank_datasets is for the rank stage")
+        for dataset in recipe.rank_datasets:
+            try:
+                dataset_id_of(dataset)
+            except ValueError:
+                fail(f"rank_datasets: unknown dataset {dataset!r}")
     if not 2 <= recipe.listwise_min_candidates <= recipe.listwise_max_candidates:
         fail("need 2 <= listwise_min_candidates <= listwise_max_candidates")

@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 
 from lamra.train import rerank
 from lamra.train.distributed import is_main_process
-from lamra.train.mining import read_mined
+from lamra.train.mining import of_datasets, read_mined
 from lamra.train.recipe import Recipe
 from lamra.train.stages.mbeir_data import MBEIRTrainData
 from lamra.train.stages.models import StageSetupError
@@ -24,7 +24,12 @@ def prepare(recipe: Recipe, backbone) -> StageSteps:
     data = MBEIRTrainData.from_recipe(recipe)
     if not recipe.rerank_data:
         raise StageSetupError(f"recipe {recipe.name!r} (rank) needs `rerank_data` (lamra train mine)")
-    samples = rerank.RerankSamples(data, read_mined(recipe.rerank_data), recipe, backbone)
+    mined = read_mined(recipe.rerank_data)
+    if recipe.rank_datasets:
+        mined = of_datasets(mined, recipe.rank_datasets)
+        if not mined:
+            raise StageSetupError(f"{recipe.rerank_data} holds no query of rank_datasets {recipe.rank_datasets}")
+    samples = rerank.RerankSamples(data, mined, recipe, backbone)
     if is_main_process():
         tqdm.write(f"rank: a reranker that knows only the answer format scores loss "
                    f"{rerank.chance_loss(backbone, recipe):.3f} on these samples; below it, it is learning the match")
