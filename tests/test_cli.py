@@ -109,3 +109,9 @@ def test_diagnose_rerank_prints_the_pairwise_auc_per_task(tmp_path):
     assert mean[0] == "mean" and mean[1].endswith("of 24")
     for cell in mean[2:]:
         assert cell == "nan" or 0.0 <= float(cell) <= 1.0
+    result = runner.invoke(app, ["diagnose", str(root), "--rerank", "--queries-per-task", "2", "--per-modality", "2",
+                                 "--top-k", "5", "--tasks", "WordNetPassage, emojidesc_task2"])
+    assert result.exit_code == 0, result.output
+    rows = [line.split("|")[1].strip() for line in result.output.splitlines()
+            if line.startswith("| emoji") or line.startswith("| wordnet")]
+    assert sorted(rows) == ["emojidesc_task2", "wordnetpassage_task1"], result.output

@@ -158,6 +158,11 @@ def index(
     typer.echo(f"indexed {len(built)} candidates -> {out}")
 
 
+def task_list(tasks: str | None) -> list[str] | None:
+    """``--tasks a,b`` as a list (None: every task)."""
+    return [t.strip() for t in tasks.split(",") if t.strip()] if tasks else None
+
+
 @app.command("eval")
 def evaluate(
     data_root: Annotated[Path, typer.Argument(help="An M-BEIR-format directory (real M-BEIR or PocketBEIR).")],
@@ -202,7 +207,7 @@ def evaluate(
     written = evaluate_and_write(
         methods, data_root, out, command="lamra " + " ".join(sys.argv[1:]), results_md=results_md,
         rerankers=rerankers, split=split, pools=tuple(p.strip() for p in pools.split(",")),
-        tasks=[t.strip() for t in tasks.split(",")] if tasks else None, batch_size=batch_size,
+        tasks=task_list(tasks), batch_size=batch_size,
     )
     for path in written:
         typer.echo(f"wrote {path}")
@@ -218,6 +223,7 @@ def diagnose(
     rerank: Annotated[bool, typer.Option(help="Also: does the reranker order each query's top k better than a coin flip?")] = False,
     reranker: Annotated[Optional[str], typer.Option(help="LamRA-Rank checkpoint (default: the model's own).")] = None,
     queries_per_task: Annotated[int, typer.Option(help="With --rerank: queries sampled per task (seeded).")] = 50,
+    tasks: Annotated[Optional[str], typer.Option(help="With --rerank: comma-separated task keys or dataset names.")] = None,
     top_k: Annotated[int, typer.Option(help="With --rerank: the retrieved depth the reranker scores.")] = 10,
 ) -> None:
     """Does the model tell items apart? Mean pairwise cosine of different items, per modality; with
@@ -239,7 +245,7 @@ def diagnose(
 
         method = RerankMethod("pointwise", model_reranker(lamra, data_root, mode="pointwise"), top_k)
         report = evaluate_mbeir(lamra, data_root, method="retrieval", split=split, rerankers=[method],
-                                queries_per_task=queries_per_task)
+                                queries_per_task=queries_per_task, tasks=task_list(tasks))
         typer.echo("\n" + separation_table(rerank_separation(report, method.name), top_k))
 
 
