@@ -149,16 +149,20 @@ def test_modality_aware_negatives_keep_only_another_modality(data, tmp_path):
     assert read_mined_negatives(recipe, train) == kept
 
 
+def _mined_top12(train):
+    """Each training query's positive, then up to 12 pool items that are not its positives."""
+    return {q.qid: {"qid": q.qid, "gt_docs": q.pos_cand_list,
+                    "top_docs": q.pos_cand_list[:1] + [d for d in list(train.pool)[:12] if d not in q.pos_cand_list]}
+            for q in train.queries}
+
+
 def test_rank_samples(data, compact_backbone, tmp_path):
     from lamra.train.rerank import RerankSamples
     from lamra.train.stages.mbeir_data import MBEIRTrainData
 
     recipe = load_recipe("smoke-rank", overrides(data, tmp_path, "rank"))
     train = MBEIRTrainData.from_recipe(recipe)
-    mined = {q.qid: {"qid": q.qid, "gt_docs": q.pos_cand_list,
-                     "top_docs": q.pos_cand_list[:1] + [d for d in list(train.pool)[:12] if d not in q.pos_cand_list]}
-             for q in train.queries}
-    samples = RerankSamples(train, mined, recipe, compact_backbone)
+    samples = RerankSamples(train, _mined_top12(train), recipe, compact_backbone)
     assert len(samples) == 3 * len(train.queries)
     for index in range(0, 12, 3):
         yes, no, listwise = (samples.sample(index + k, 0) for k in range(3))
@@ -169,12 +173,6 @@ def test_rank_samples(data, compact_backbone, tmp_path):
         k = int(re.fullmatch(r"Ans: \((\d)\)", answer).group(1))
         numbers = [p["text"] for p in listwise[0]["content"] if p["type"] == "text" and re.fullmatch(r"\(\d\) ", p["text"])]
         assert 2 <= len(numbers) <= 5 and 1 <= k <= len(numbers)
-
-
-def _mined_top12(train):
-    return {q.qid: {"qid": q.qid, "gt_docs": q.pos_cand_list,
-                    "top_docs": q.pos_cand_list[:1] + [d for d in list(train.pool)[:12] if d not in q.pos_cand_list]}
-            for q in train.queries}
 
 
 def test_rank_groups_put_the_positive_first(data, compact_backbone, tmp_path):
