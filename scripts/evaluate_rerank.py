@@ -5,7 +5,9 @@
 
 Retrieval is the shipped LamRA-Ret (its pool indexes are reused from runs/eval-index, which
 scripts/evaluate_pocketbeir.py fills). Reranking is the shipped LamRA-Rank, or ``--reranker``: a
-rank run's ``final/`` (to measure it before packaging). Two rerankers, as in the paper's Table 8:
+rank run's ``final/`` or a package, to measure it before shipping (its page goes beside its kept work,
+runs/rerank-eval/rank-<digest>-ret-<digest>/rerank.md; results/rerank.md is the shipped reranker's).
+Two rerankers, as in the paper's Table 8:
 
 - pointwise over the top 10: P(Yes) of each (query, candidate);
 - listwise over the top 5 in one window: the probability of each candidate's number;
@@ -44,7 +46,7 @@ COMMAND = ".venv/bin/python scripts/evaluate_rerank.py all"
 RETRIEVER = "src/lamra/weights/compact"  # the shipped package
 INDEX_DIR = Path("runs/eval-index")
 OUT = Path("runs/rerank-eval")
-PAGE = Path("results/rerank.md")
+PAGE = Path("results/rerank.md")  # the shipped reranker's page; a candidate's goes beside its kept work
 RETRIEVAL = "LamRA-Ret"
 POINTWISE = "+ pointwise rerank (top 10)"
 LISTWISE = "+ listwise rerank (top 5)"
@@ -150,6 +152,12 @@ def run_test(reranker: str | None, model=None, sliding: bool = False, val_querie
     return model
 
 
+def page_path(reranker: str | None) -> Path:
+    """results/rerank.md describes the shipped reranker only: measuring a candidate (``--reranker``)
+    must not overwrite it, so a candidate's page is written beside its kept work."""
+    return PAGE if reranker is None else out_dir(reranker) / "rerank.md"
+
+
 def write_page(reranker: str | None, val_queries: int | None = None) -> None:
     base = test_dir(reranker, val_queries)
     results = [r for path in sorted(base.glob("*/results.json")) for r in load_results(path)["results"]]
@@ -164,9 +172,10 @@ def write_page(reranker: str | None, val_queries: int | None = None) -> None:
     methods = [m for m in (RETRIEVAL, POINTWISE, LISTWISE, SLIDING) if any(r["method"] == m for r in results)]
     page = results_page(results, title="LamRA-Ret + LamRA-Rank (PocketBEIR full test split)", pools=("local",),
                         methods=methods, speed_methods=methods, notes=notes)
-    write_markdown(PAGE, command(reranker, val_queries, SLIDING in methods),
+    path = page_path(reranker)
+    write_markdown(path, command(reranker, val_queries, SLIDING in methods),
                    page + "\n" + val_tables(val_dir(reranker, val_queries), results))
-    print(f"wrote {PAGE}")
+    print(f"wrote {path}")
 
 
 def command(reranker: str | None, val_queries: int | None, sliding: bool) -> str:
