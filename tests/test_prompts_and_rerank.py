@@ -107,7 +107,7 @@ def test_shared_prefix_scores_equal_the_per_candidate_run(reranker, images):
     images_only = [[images[0]], [images[1]], [images[0].rotate(90)]]  # same placeholder ids, other pixels
     for query in (["a red square"], [images[0]], [images[1], "the same shape"]):
         whole = reranker.pointwise(query, candidates, batch_size=2, shared_prefix=False)
-        shared = reranker.pointwise(query, candidates, batch_size=2, shared_prefix=True)  # 3 chunks
+        shared = reranker.pointwise(query, candidates, batch_size=2, shared_prefix=True)  # several chunks
         np.testing.assert_allclose(shared, whole, atol=1e-4)
         assert np.ptp(whole) > 1e-3  # the candidates really score differently
         single = reranker.pointwise(query, candidates[:1], shared_prefix=True)  # the prefix is all but one token

@@ -87,7 +87,7 @@ class Reranker:
         inputs = backbone.build_inputs(
             conversations, add_generation_prompt=True, assistant_prefix=assistant_prefix, padding_side="left"
         )
-        with autocast_for(backbone.device, self.precision):
+        with autocast_for(backbone.device, self.precision, backbone.model):
             hidden = backbone.hidden_states(inputs)[:, -1]  # left padding: the last token is real
         return backbone.logits_at(hidden, fp32=True)  # bf16 logits would tie close P(Yes) scores
 
@@ -106,7 +106,7 @@ class Reranker:
         if shared_prefix is None:
             shared_prefix = hasattr(self.backbone, "last_hidden_with_shared_prefix")
         if shared_prefix:
-            with autocast_for(self.backbone.device, self.precision):
+            with autocast_for(self.backbone.device, self.precision, self.backbone.model):
                 hidden = self.backbone.last_hidden_with_shared_prefix(conversations, chunk_size=batch_size)
             logits = self.backbone.logits_at(hidden, fp32=True)
         else:

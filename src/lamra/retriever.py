@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from lamra.backbones.base import Backbone
+from lamra.cast_once import bf16_weights
 from lamra.items import InputError, Segment, to_segment_batch, with_instruction
 from lamra.prompts import MAX_TEXT_TOKENS, embedding_messages
 
@@ -33,14 +34,24 @@ def bf16_supported(device: torch.device) -> bool:
     return False
 
 
-def autocast_for(device: torch.device, precision: str):
-    """``precision``: "fp32", "bf16" or "auto" (bf16 autocast where the hardware has it)."""
+def autocast_for(device: torch.device, precision: str, model: torch.nn.Module | None = None):
+    """``precision``: "fp32", "bf16" or "auto" (bf16 autocast where the hardware has it). With
+    ``model`` and gradients off (inference), its linear weights are cast to bf16 once instead of at
+    every call (``lamra.cast_once``: the same numbers, fewer copies)."""
     if precision not in ("auto", "bf16", "fp32"):
         raise ValueError(f"precision must be 'auto', 'bf16' or 'fp32', got {precision!r}")
     use_bf16 = precision == "bf16" or (precision == "auto" and bf16_supported(device))
     if not use_bf16:
         return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16)
+    if model is None or torch.is_grad_enabled():
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return _autocast_with_bf16_weights(device, model)
+
+
+@contextlib.contextmanager
+def _autocast_with_bf16_weights(device: torch.device, model: torch.nn.Module):
+    with torch.autocast(device.type, dtype=torch.bfloat16), bf16_weights(model):
+        yield
 
 
 def pool_before_emb(
@@ -164,7 +175,7 @@ class Retriever:
         vectors: list[torch.Tensor] = [None] * len(segments)  # type: ignore[list-item]
         self.backbone.model.eval()
         progress = tqdm(total=len(order), desc="encode", unit="item", disable=not show_progress)
-        with autocast_for(self.backbone.device, self.precision):
+        with autocast_for(self.backbone.device, self.precision, self.backbone.model):
             for start in range(0, len(order), batch_size):
                 chunk = order[start : start + batch_size]
                 conversations = [self.prepare(segments[i], instructions[i]) for i in chunk]

@@ -220,12 +220,16 @@ class CompactBackbone(Backbone):
         prefix = decoder(inputs_embeds=embeds[:1, :shared], attention_mask=mask[:1, :shared],
                          position_ids=torch.arange(shared, device=self.device)[None], use_cache=True)
         last = []
-        for start in range(0, ids.shape[0], chunk_size):
-            rows = slice(start, start + chunk_size)
+        width = ids.shape[1] - shared
+        # ``chunk_size`` counts whole prompts; the rest after the prefix is shorter, so a chunk takes as
+        # many rows as hold the same number of tokens (at most 8x: each row repeats the prefix's cache).
+        # One forward pass instead of several is most of the gain at ten candidates.
+        rows_per_chunk = max(chunk_size, min(8 * chunk_size, chunk_size * ids.shape[1] // width))
+        for start in range(0, ids.shape[0], rows_per_chunk):
+            rows = slice(start, start + rows_per_chunk)
             count = int(ids[rows].shape[0])
             cache = copy.deepcopy(prefix.cache)
             cache.batch_repeat_interleave(count)
-            width = ids.shape[1] - shared
             hidden = decoder(
                 inputs_embeds=embeds[rows, shared:],
                 attention_mask=mask[rows],
