@@ -7,7 +7,8 @@ products: profiled on the compact reranker (pointwise, 10 image candidates, 2 CP
 the time went to ``aten::copy_``. Here each ``nn.Linear`` weight gets one bf16 copy, kept and swapped
 in while a call runs, and the fp32 weight swapped back after. Autocast would have computed exactly
 that bf16 tensor (the same rounding) and passes a bf16 weight through unchanged, so the results are
-bit-identical; the residual stream, norms and embeddings stay as they were.
+bit-identical; the residual stream, norms and embeddings stay as they were. The copies cost half
+the linear weights' fp32 memory again (about 200 MB for the compact model's language model).
 
 A copy is remade when its weight changes (a new ``data_ptr`` or an in-place update, seen through
 the tensor's version counter), and a linear whose weight is shared with an embedding (tied
