@@ -4,6 +4,7 @@ weights back afterwards, tied embeddings untouched, copies remade when a weight 
 import contextlib
 
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
@@ -110,3 +111,15 @@ def test_fp32_inference_is_untouched(compact_backbone):
     with torch.no_grad():
         context = retriever_module.autocast_for(torch.device("cpu"), "fp32", compact_backbone.model)
     assert isinstance(context, contextlib.nullcontext)
+
+
+@pytest.mark.parametrize("model_type", ["qwen2_vl", "qwen2_5_vl"])
+def test_qwen_embeddings_under_bf16_are_unchanged_by_it(tiny_qwen_dirs, model_type, images, monkeypatch):
+    """The Qwen towers read weight dtypes in places (e.g. the vision input cast): still the same numbers."""
+    from lamra import LamRA
+
+    model = LamRA.from_pretrained(tiny_qwen_dirs[model_type], precision="bf16")
+    items = ["a short text", images[0], ("a red square on white", images[1])]
+    cast_once = model.encode(items)
+    no_cast_once(monkeypatch)
+    np.testing.assert_array_equal(cast_once, model.encode(items))
