@@ -52,7 +52,7 @@ def test_each_run_is_copied_when_it_ends_and_the_deadline_stops_the_rest(tmp_pat
 
     summary = {row["name"]: row for row in json.loads((out / "summary.json").read_text())}
     assert summary["quick"]["status"] == "finished" and summary["slow"]["status"] == "stopped at the deadline"
-    assert not list(out.rglob("*.partial"))
+    assert not list(out.rglob(".*"))  # no staging copy left behind
 
 
 def test_the_summary_is_written_before_any_run_ends(tmp_path):

@@ -22,6 +22,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lamra.atomic_io import atomic_directory, atomic_write, atomic_write_text
+
 # What a finished run sends home: the weights a package is built from, and what the report reads.
 # Checkpoints stay behind (each as large as the run's weights plus its optimizer state).
 RESULT_PATHS = ("final", "losses.jsonl", "recipe.yaml", "hardware.json")
@@ -46,30 +48,24 @@ class JobResult:
 
 
 def copy_results(run_dir: Path, target: Path) -> list[str]:
-    """Copy a run's results into ``target`` (a staging name first, renamed when whole); returns what was copied."""
+    """Copy a run's results into ``target``, each whole or not at all (``lamra.atomic_io``); returns
+    what was copied."""
     copied = []
     for name in RESULT_PATHS:
         source = run_dir / name
-        if not source.exists():
-            continue
-        staging, final = target / f".{name}.partial", target / name
-        for stale in (staging, final):  # a rerun into the same folder replaces what it holds
-            if stale.is_dir():
-                shutil.rmtree(stale)
         if source.is_dir():
-            shutil.copytree(source, staging)
+            with atomic_directory(target / name) as staging:
+                shutil.copytree(source, staging, dirs_exist_ok=True)
+        elif source.is_file():
+            atomic_write(target / name, lambda temp: shutil.copyfile(source, temp))
         else:
-            shutil.copy2(source, staging)
-        staging.replace(final)
+            continue
         copied.append(name)
     return copied
 
 
 def write_summary(out: Path, results: list[JobResult]) -> None:
-    rows = [vars(result) for result in results]
-    temp = out / ".summary.json.partial"
-    temp.write_text(json.dumps(rows, indent=2) + "\n")
-    temp.replace(out / "summary.json")
+    atomic_write_text(out / "summary.json", json.dumps([vars(result) for result in results], indent=2) + "\n")
 
 
 def _stop(process: subprocess.Popen) -> None:
