@@ -43,6 +43,7 @@ from lamra.train.recipe import load_recipe
 from lamra.train.retrieval import contrastive_step_fn, make_embed_fn, stage2_example
 from lamra.train.schedule import BatchOrder, GroupedBatchOrder
 from lamra.train.stages.mbeir_data import MBEIRTrainData
+from lamra.train.trainer import autocast
 
 FIRST_PIPELINE = dict(lora_dropout=0.05, batch_by_task=False, train_projector=False, global_image_token=False,
                       symmetric_loss=False, no_instruction_ratio=0.0)
@@ -115,8 +116,9 @@ def main() -> None:
             profile["make examples (images decoded)"] = timed(lambda: examples.extend(
                 stage2_example(data, i, 0, 0, recipe.no_instruction_ratio) for i in order.global_indices(200)))
             sides = [[e[0] for e in examples], [e[1] for e in examples]]
-            profile["build inputs (tokenise, vision features)"] = timed(
-                lambda: [backbone.build_inputs([embedding_messages(s) for s in side]) for side in sides])
+            with autocast(recipe, backbone.device):  # as in a step: vision features are kept per precision
+                profile["build inputs (tokenise, vision features)"] = timed(
+                    lambda: [backbone.build_inputs([embedding_messages(s) for s in side]) for side in sides])
             with torch.no_grad():
                 profile["forward, both sides"] = timed(lambda: [embed(side) for side in sides])
             profile["full step (forward + backward + AdamW)"] = timed(lambda: (step(order.global_indices(200), 0),

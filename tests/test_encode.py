@@ -162,6 +162,26 @@ def test_vision_features_are_computed_once(compact_backbone, images):
     assert len(cache) == 2
 
 
+def test_vision_features_of_one_precision_are_not_served_to_another(compact_backbone, images):
+    """A bf16-autocast run fills the cache first; an fp32 run of the same image must still get the
+    features an fp32 tower computes, as it would in a fresh process."""
+    from lamra.backbones.compact import VisionFeatureCache
+    from lamra.backbones.compact_modeling import preprocess_images
+
+    model = compact_backbone.hf_model
+    cache = VisionFeatureCache()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under_bf16 = cache.get_many(model, [images[0]])
+    in_fp32 = cache.get_many(model, [images[0]])
+    assert len(cache) == 2
+    fresh_fp32 = model.image_features(preprocess_images([images[0].convert("RGB")]))
+    torch.testing.assert_close(in_fp32, fresh_fp32)
+    assert not torch.equal(in_fp32, under_bf16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        torch.testing.assert_close(cache.get_many(model, [images[0]]), under_bf16, rtol=0, atol=0)
+    assert len(cache) == 2
+
+
 def test_global_image_token_is_the_map_mean_before_the_grid(compact_backbone, images):
     from lamra.backbones.compact_modeling import preprocess_images
 

@@ -44,8 +44,11 @@ class VisionFeatureCache:
 
     ``persist_to(folder)`` also keeps them on disk (safetensors shards, one per ``flush``; written to a
     temp file and renamed, so processes sharing a folder never see half a shard): the tower and its
-    weights never change, so a feature is a pure function of the image and the visual-token layout,
-    and training runs and evaluations of the same images stop paying ~50 ms per image each time.
+    weights never change, so a feature is a pure function of the image, the visual-token layout and
+    the precision the tower ran in, and training runs and evaluations of the same images stop paying
+    ~50 ms per image each time. The precision is part of each key: features computed under bf16
+    autocast differ from fp32 ones by about 1e-2, and an fp32 run must not be handed bf16 features
+    because a bf16 run (in this process or an earlier one) computed them first.
     """
 
     def __init__(self, max_items: int = 50_000, flush_every: int = 1024):
@@ -87,8 +90,17 @@ class VisionFeatureCache:
         digest.update(f"{image.mode}{image.size}".encode())
         return digest.hexdigest()
 
+    @staticmethod
+    def tower_precision(model: CompactLMMForConditionalGeneration) -> str:
+        """How the tower computes at this moment: under the caller's autocast, if one is on."""
+        device_type = model.device.type
+        if torch.is_autocast_enabled(device_type):
+            return f"{str(torch.get_autocast_dtype(device_type)).removeprefix('torch.')}-autocast"
+        return str(model.vision_dtype).removeprefix("torch.")
+
     def get_many(self, model: CompactLMMForConditionalGeneration, images: list[Image.Image]) -> torch.Tensor:
-        keys = [self.key(image) for image in images]
+        precision = self.tower_precision(model)
+        keys = [f"{precision}:{self.key(image)}" for image in images]
         missing = [i for i, k in enumerate(keys) if k not in self._store]
         if missing:
             pixels = preprocess_images([images[i] for i in missing]).to(model.device)
@@ -170,8 +182,9 @@ class CompactBackbone(Backbone):
         from lamra.assets import lamra_home
 
         config = self.hf_model.config
-        dtype = str(self.hf_model.vision_dtype).removeprefix("torch.")
-        layout = f"{config.vision_model_name}-{dtype}-grid{config.image_grid}{'-global' if config.global_image_token else ''}"
+        # Keys carry the tower's precision (``VisionFeatureCache.tower_precision``); folders of the
+        # earlier "<tower>-<dtype>-grid..." layouts held untagged keys of mixed precision and are not read.
+        layout = f"{config.vision_model_name}-grid{config.image_grid}{'-global' if config.global_image_token else ''}"
         return self.feature_cache.persist_to(folder or lamra_home() / "vision-features", layout)
 
     @property
