@@ -90,6 +90,29 @@ def test_index_reports_a_bad_pool_line_before_loading_the_model(tmp_path, monkey
     assert f"{pool}:2: bad candidate '1:2'" in str(result.exception)
 
 
+def test_diagnose_generalization_puts_training_recall_beside_the_split(tmp_path):
+    from train_helpers import HAVE_SOURCES, SOURCES
+
+    from lamra.pocketbeir.build import build_pocketbeir
+
+    if not HAVE_SOURCES:
+        pytest.fail(f"the PocketBEIR sources are missing under {SOURCES}: run scripts/setup.sh")
+    root = build_pocketbeir(tmp_path / "pocketbeir", SOURCES, seed=0, fixture=True, show_progress=False)
+    result = runner.invoke(app, ["diagnose", str(root), "--generalization", "--queries-per-task", "6",
+                                 "--per-modality", "2", "--tasks", "emojiname,emojivendor"])
+    assert result.exit_code == 0, result.output
+    assert "| task | metric | train | val | gap |" in result.output
+    rows = {line.split("|")[1].strip(): [cell.strip() for cell in line.split("|")[2:-1]]
+            for line in result.output.splitlines() if line.startswith("| emoji")}
+    assert sorted(rows) == ["emojiname_task0", "emojivendor_task4"], result.output
+    for metric, seen, new, gap in rows.values():
+        assert metric == "R@5" and seen.endswith("(6)")
+        assert 0.0 <= float(seen.split()[0]) <= 100.0 and 0.0 <= float(new.split()[0]) <= 100.0
+        assert float(gap) == pytest.approx(float(seen.split()[0]) - float(new.split()[0]), abs=0.11)
+    result = runner.invoke(app, ["diagnose", str(root), "--generalization", "--queries-per-task", "0"])
+    assert result.exit_code != 0 and "--generalization needs --queries-per-task >= 1" in result.output
+
+
 def test_diagnose_rerank_prints_the_pairwise_auc_per_task(tmp_path):
     from train_helpers import HAVE_SOURCES, SOURCES
 

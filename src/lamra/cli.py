@@ -222,18 +222,22 @@ def diagnose(
     precision: PrecisionOption = "auto",
     rerank: Annotated[bool, typer.Option(help="Also: does the reranker order each query's top k better than a coin flip?")] = False,
     reranker: Annotated[Optional[str], typer.Option(help="LamRA-Rank checkpoint (default: the model's own).")] = None,
-    queries_per_task: Annotated[int, typer.Option(help="With --rerank: queries sampled per task (seeded).")] = 50,
-    tasks: Annotated[Optional[str], typer.Option(help="With --rerank: comma-separated task keys or dataset names.")] = None,
+    queries_per_task: Annotated[int, typer.Option(help="With --rerank or --generalization: queries sampled per task (seeded).")] = 50,
+    tasks: Annotated[Optional[str], typer.Option(help="With --rerank or --generalization: comma-separated task keys or dataset names.")] = None,
     top_k: Annotated[int, typer.Option(help="With --rerank: the retrieved depth the reranker scores.")] = 10,
+    generalization: Annotated[bool, typer.Option(help="Also: recall on training queries beside the split's (does the model learn the task or its training items?).")] = False,
 ) -> None:
     """Does the model tell items apart? Mean pairwise cosine of different items, per modality; with
-    --rerank, the pairwise AUC of reranker and retriever within each query's top k, per task."""
+    --rerank, the pairwise AUC of reranker and retriever within each query's top k, per task; with
+    --generalization, each task's recall on a sample of training queries beside the split's."""
     from lamra.evaluate.diagnostics import embedding_spread, spread_table
 
     if per_modality < 2:
         raise typer.BadParameter(f"--per-modality must be at least 2, got {per_modality}")
     if rerank and (queries_per_task < 1 or top_k < 2):
         raise typer.BadParameter("--rerank needs --queries-per-task >= 1 and --top-k >= 2")
+    if generalization and queries_per_task < 1:
+        raise typer.BadParameter("--generalization needs --queries-per-task >= 1")
     lamra = load_model(model, precision, reranker=reranker)
     if rerank and lamra.reranker is None:
         raise typer.BadParameter("--rerank: the model has no reranker; give --reranker")
@@ -247,6 +251,11 @@ def diagnose(
         report = evaluate_mbeir(lamra, data_root, method="retrieval", split=split, rerankers=[method],
                                 queries_per_task=queries_per_task, tasks=task_list(tasks))
         typer.echo("\n" + separation_table(rerank_separation(report, method.name), top_k))
+    if generalization:
+        from lamra.evaluate.diagnostics import generalization_gap, generalization_table
+
+        rows = generalization_gap(lamra, data_root, split, queries_per_task=queries_per_task, tasks=task_list(tasks))
+        typer.echo("\n" + generalization_table(rows, split))
 
 
 @data_app.command("build")

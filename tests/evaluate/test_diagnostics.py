@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import zlib
+
 import numpy as np
 import pytest
 import torch
@@ -10,6 +13,8 @@ from eval_helpers import HashingEncoder, build_toy_mbeir
 from lamra.evaluate.baselines import VisionTowerEncoder
 from lamra.evaluate.diagnostics import (
     embedding_spread,
+    generalization_gap,
+    generalization_table,
     pairwise_auc,
     pairwise_cosine_stats,
     rerank_separation,
@@ -127,3 +132,60 @@ def test_vision_tower_runs_the_image_to_image_task_only(tower, tmp_path):
     skipped = {r.task.key for r in report.results if r.skipped}
     assert "toyname_task0" in skipped and "toypassage_task1" in skipped  # text queries
     assert all(r.skipped for r in report.results if r.task.key.startswith("toyvariant"))  # image+text queries
+
+
+def test_generalization_gap_matches_the_evaluation_on_each_split(tmp_path):
+    root = build_toy_mbeir(tmp_path / "toy")
+    rows = generalization_gap(HashingEncoder(), root, "test", seen_split="val", show_progress=False)
+    assert [row.task for row in rows] == ["toyname_task0", "toypassage_task1", "fashioniq_task7", "toyvariant_task7"]
+    for split, count_of, recall_of in (("val", "seen_queries", "seen_recall"), ("test", "new_queries", "new_recall")):
+        report = evaluate_mbeir(HashingEncoder(), root, split=split, show_progress=False)
+        for row, result in zip(rows, report.results):
+            assert result.task.key == row.task
+            assert getattr(row, count_of) == result.metrics["queries"]
+            assert getattr(row, recall_of) == pytest.approx(result.metrics[row.metric])
+    assert {row.metric for row in rows} == {"R@5", "R@10"}  # FashionIQ keeps its own headline
+
+
+class Memoriser:
+    """Knows its seen (val) queries by heart: each lands on its positive; any other query lands on a
+    candidate that is not one of its positives."""
+
+    def __init__(self, root):
+        self.answer = {}
+        for split in ("val", "test"):
+            for file in (root / "query" / split).glob("*.jsonl"):
+                for line in file.read_text().splitlines():
+                    record = json.loads(line)
+                    self.answer[record["qid"]] = record["pos_cand_list"][0] if split == "val" else None
+
+    def encode(self, items, instruction=None, **kwargs):
+        vectors = np.zeros((len(items), 64), np.float32)
+        for row, item in enumerate(items):
+            key = item.get("did") or self.answer.get(item["qid"]) or "nothing"
+            vectors[row, zlib.crc32(key.encode()) % 64] = 1.0
+        return vectors
+
+
+def test_generalization_gap_shows_a_memorising_encoder(tmp_path):
+    root = build_toy_mbeir(tmp_path / "toy")
+    rows = generalization_gap(Memoriser(root), root, "test", seen_split="val", show_progress=False)
+    assert all(row.seen_recall == 1.0 for row in rows)
+    assert np.mean([row.new_recall for row in rows]) < 0.75
+    table = generalization_table(rows, "test", seen_split="val")
+    assert "| task | metric | val | test | gap |" in table
+    assert "| toyname_task0 | R@5 | 100.0 (3) |" in table
+
+
+def test_generalization_gap_counts_only_queries_with_a_positive_in_the_pool(tmp_path):
+    root = build_toy_mbeir(tmp_path / "toy")
+    val = root / "query/val/mbeir_toyname_task0_val.jsonl"
+    records = [json.loads(line) for line in val.read_text().splitlines()]
+    records[0]["pos_cand_list"] = ["10:999"]  # not in the local pool
+    val.write_text("".join(json.dumps(record) + "\n" for record in records))
+    rows = generalization_gap(HashingEncoder(), root, "test", seen_split="val", tasks=["toyname"],
+                              show_progress=False)
+    assert [(row.task, row.seen_queries, row.new_queries) for row in rows] == [("toyname_task0", 2, 5)]
+    assert "- (0)" in generalization_table(
+        generalization_gap(HashingEncoder(), root, "test", seen_split="train", tasks=["toyname"],
+                           show_progress=False), "test")

@@ -13,6 +13,13 @@ learned only the format and the share of "Yes" sits at a loss that looks trained
 asks the question reranking needs answered: within each query's retrieved top k, how often does a
 positive score above a non-positive (pairwise AUC; 0.5 is a coin flip), for the reranker and for
 retrieval's own cosine. ``lamra diagnose --rerank`` prints it per task.
+
+A retriever can fit its training queries and still fail on new ones: PocketBEIR's splits share no
+concept, so a model that memorises its training concepts scores high on them and low on test.
+``generalization_gap`` puts the two side by side: the headline recall of a seeded sample of training
+queries and of the evaluated split's queries, each against the task's local pool
+(``lamra diagnose --generalization``). Only queries with a positive in that pool are counted (on
+M-BEIR a split's local pool may not hold the training items).
 """
 
 from __future__ import annotations
@@ -24,9 +31,20 @@ from typing import Any
 
 import numpy as np
 
-from lamra.data.mbeir import MBEIRDataset, normalize_modality, read_instructions, read_jsonl
-from lamra.data.mbeir_items import candidate_item
+from lamra.data.mbeir import (
+    UNION_TRAIN_RELPATH,
+    MBEIRDataset,
+    MBEIRQuery,
+    normalize_modality,
+    read_instructions,
+    read_jsonl,
+)
+from lamra.data.mbeir_items import candidate_item, query_item
+from lamra.evaluate.metrics import headline_metric_for, hit_at_k
+from lamra.evaluate.queries import encode_queries, pick_instruction, positive_modality, sample_queries
 from lamra.evaluate.report import EvaluationReport
+from lamra.evaluate.task_pools import TaskPools
+from lamra.evaluate.tasks import EvalTask, list_tasks
 
 MODALITIES = ("image", "text", "image,text")
 
@@ -160,4 +178,79 @@ def separation_table(rows: list[Separation], top_k: int) -> str:
         *(row.row() for row in rows),
         f"| mean | {sum(r.queries for r in rows)} of {sum(r.sampled for r in rows)} | "
         f"{mean([r.retrieval_auc for r in counted]):.3f} | {mean([r.rerank_auc for r in counted]):.3f} |",
+    ])
+
+
+@dataclass
+class Generalization:
+    task: str
+    metric: str  # the task's headline recall, e.g. "R@5"
+    seen_queries: int  # training queries with a positive in the pool, sampled
+    seen_recall: float
+    new_queries: int
+    new_recall: float
+
+    def row(self) -> str:
+        def cell(count: int, recall: float) -> str:
+            return f"{100 * recall:.1f} ({count})" if count else "- (0)"
+
+        gap = f"{100 * (self.seen_recall - self.new_recall):+.1f}" if self.seen_queries and self.new_queries else "-"
+        return (f"| {self.task} | {self.metric} | {cell(self.seen_queries, self.seen_recall)} | "
+                f"{cell(self.new_queries, self.new_recall)} | {gap} |")
+
+
+def _task_queries(data: MBEIRDataset, split: str, task: EvalTask) -> list[MBEIRQuery]:
+    """The task's queries of ``split``: its own file, else (M-BEIR's training data) the union file's
+    queries of the task id (the caller keeps those whose positive is in the task's pool)."""
+    if (task.dataset, task.task_id) in set(data.tasks(split)):
+        return list(data.queries(split, task.dataset, task.task_id))
+    if split == "train" and data.path(UNION_TRAIN_RELPATH).is_file():
+        return [q for q in data.queries("union_train") if q.task_id == task.task_id]
+    return []
+
+
+def generalization_gap(encoder: Any, data_root: str | Path, split: str = "val", *, seen_split: str = "train",
+                       queries_per_task: int = 100, tasks: Any = None, seed: int = 0,
+                       batch_size: int = 32, show_progress: bool = True) -> list[Generalization]:
+    """Per task of ``split``: headline recall (hit rate) on a seeded sample of ``seen_split`` queries
+    and of ``split`` queries, both against the task's local pool, with the instruction drawn as the
+    evaluation draws it. A large gap means the model learned its training items, not the task."""
+    data = MBEIRDataset(data_root)
+    pools = TaskPools(encoder, data, model_name=getattr(encoder, "name", None) or type(encoder).__name__,
+                      batch_size=batch_size, index_dir=None, index_type="flat", show_progress=show_progress)
+    rows = []
+    for task in list_tasks(data, split, tasks):
+        metric = headline_metric_for(task.dataset)
+        depth = int(metric.split("@")[1])
+        pool_path = pools.pool_path("local", task, split)
+        candidates = pools.candidates(pool_path)
+        measured = []
+        for which in (seen_split, split):
+            judged = [q for q in _task_queries(data, which, task) if any(did in candidates for did in q.pos_cand_list)]
+            queries = sample_queries(judged, queries_per_task, f"{seed}:{which}:{task.key}")
+            if not queries:
+                measured.append((0, float("nan")))
+                continue
+            instructions = [pick_instruction(data, q, positive_modality(q, candidates, task), seed=seed)
+                            for q in queries]
+            items = [query_item(q, instruction) for q, instruction in zip(queries, instructions)]
+            vectors = encode_queries(encoder, items, instructions, batch_size=batch_size, image_root=data.root,
+                                     show_progress=show_progress)
+            index, _ = pools.index(pool_path)
+            _, ids = index.search(vectors, depth)
+            hits = [hit_at_k(list(ranked), set(q.pos_cand_list), depth) for q, ranked in zip(queries, ids)]
+            measured.append((len(queries), float(np.mean(hits))))
+        (seen_count, seen_recall), (new_count, new_recall) = measured
+        rows.append(Generalization(task.key, metric, seen_count, seen_recall, new_count, new_recall))
+    return rows
+
+
+def generalization_table(rows: list[Generalization], split: str, seen_split: str = "train") -> str:
+    return "\n".join([
+        f"Recall on {seen_split} queries (seen in training) and on {split} queries, local pool "
+        "(queries counted in brackets)",
+        "",
+        f"| task | metric | {seen_split} | {split} | gap |",
+        "|---|---|---:|---:|---:|",
+        *(row.row() for row in rows),
     ])
