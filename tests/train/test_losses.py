@@ -109,3 +109,24 @@ def test_summed_micro_batches_add_up_to_the_full_batch_mean():
     assert total == 9  # rows 1-3, positions 3-5
     summed = sum(next_token_loss(logits[i : i + 2], labels[i : i + 2], reduction="sum") for i in (0, 2))
     assert (summed / total).item() == pytest.approx(next_token_loss(logits, labels).item(), rel=1e-12)
+
+
+def test_similarity_distillation_is_zero_when_the_student_ranks_as_the_teacher_and_pulls_towards_it():
+    from lamra.train.losses import similarity_distillation
+
+    generator = torch.Generator().manual_seed(0)
+    teacher_q, teacher_c = torch.randn(5, 12, generator=generator), torch.randn(5, 12, generator=generator)
+    # Same cosines (the student is the teacher, scaled: widths may differ, norms do not matter).
+    assert similarity_distillation(3 * teacher_q, teacher_c, teacher_q, teacher_c).item() == pytest.approx(0, abs=1e-6)
+    student_q = torch.randn(5, 4, generator=generator, requires_grad=True)
+    student_c = torch.randn(5, 4, generator=generator)
+    first = similarity_distillation(student_q, student_c, teacher_q, teacher_c, teacher_temperature=0.1)
+    assert first.item() > 0.01
+    optimizer = torch.optim.SGD([student_q], lr=0.05)
+    for _ in range(50):
+        optimizer.zero_grad()
+        similarity_distillation(student_q, student_c, teacher_q, teacher_c, teacher_temperature=0.1).backward()
+        optimizer.step()
+    assert similarity_distillation(student_q, student_c, teacher_q, teacher_c, teacher_temperature=0.1).item() < first.item() / 2
+    with pytest.raises(ValueError, match="must pair"):
+        similarity_distillation(student_q, student_c, teacher_q[:4], teacher_c)

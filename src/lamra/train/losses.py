@@ -72,6 +72,32 @@ def info_nce(
     return loss
 
 
+def similarity_distillation(
+    query_emb: torch.Tensor,
+    cand_emb: torch.Tensor,
+    teacher_query: torch.Tensor,
+    teacher_cand: torch.Tensor,
+    temperature: float = DEFAULT_TEMPERATURE,
+    teacher_temperature: float = DEFAULT_TEMPERATURE,
+) -> torch.Tensor:
+    """KL(teacher || student) between each query's softmax over the batch's candidates, the teacher's
+    from its own cosines (e.g. a frozen vision trunk's features), the student's from the embeddings'.
+
+    Relational distillation: the student keeps the teacher's sense of which candidates look alike,
+    not its vectors, so the two may differ in width. All inputs are L2-normalised here; rows are
+    paired (teacher row i describes query i / candidate i).
+    """
+    if teacher_query.shape[0] != query_emb.shape[0] or teacher_cand.shape[0] != cand_emb.shape[0]:
+        raise ValueError(
+            f"teacher rows ({teacher_query.shape[0]} queries, {teacher_cand.shape[0]} candidates) must pair "
+            f"with the student's ({query_emb.shape[0]}, {cand_emb.shape[0]})"
+        )
+    student = similarity_logits(query_emb, cand_emb, temperature).log_softmax(dim=-1)
+    with torch.no_grad():
+        teacher = similarity_logits(teacher_query, teacher_cand, teacher_temperature).log_softmax(dim=-1)
+    return F.kl_div(student, teacher, log_target=True, reduction="batchmean")
+
+
 def next_token_loss(
     logits: torch.Tensor,
     labels: torch.Tensor,

@@ -84,6 +84,10 @@ class Recipe:
     batch_by_task: bool = False  # stage 2: every batch from one task (tasks interleaved over steps)
     mixed_batch_ratio: float = 0.0  # with batch_by_task: share of batches mixed across tasks again
     no_instruction_ratio: float = 0.0  # stage 2: share of queries trained without an instruction
+    trunk_distillation: float = 0.0  # stage 2, compact: weight of a loss that keeps, for image queries
+    # against image candidates, the frozen vision trunk's sense of which images look alike (its
+    # mean-pooled features' in-batch similarity; ``losses.similarity_distillation``)
+    trunk_distillation_temperature: float = 0.05  # the teacher's softmax temperature
 
     # Reranker data (stage rank).
     mining_top_k: int = 100
@@ -252,6 +256,12 @@ def _check_recipe(recipe: Recipe, source: str) -> None:
         fail("set epochs > 0 or max_steps")
     if not 0.0 <= recipe.no_instruction_ratio <= 1.0:
         fail(f"no_instruction_ratio must be in [0, 1], got {recipe.no_instruction_ratio}")
+    if recipe.trunk_distillation < 0 or recipe.trunk_distillation_temperature <= 0:
+        fail("trunk_distillation must be >= 0 and trunk_distillation_temperature positive")
+    if recipe.trunk_distillation and (recipe.backbone != "compact" or recipe.stage != "stage2"
+                                      or not recipe.global_image_token):
+        fail("trunk_distillation is for the compact backbone's stage2 with global_image_token: true "
+             "(the frozen trunk's mean-pooled map, that token's features, is the teacher)")
     if not 0.0 <= recipe.mixed_batch_ratio <= 1.0:
         fail(f"mixed_batch_ratio must be in [0, 1], got {recipe.mixed_batch_ratio}")
     if recipe.mixed_batch_ratio and not recipe.batch_by_task:

@@ -21,13 +21,16 @@ from collections.abc import Callable, Sequence
 
 import torch
 from peft.helpers import disable_input_dtype_casting
+from PIL import Image
 
 from lamra.backbones.base import Backbone
 from lamra.data.nli_csv import read_nli_csv
 from lamra.items import Segment
 from lamra.prompts import embedding_messages
 from lamra.retriever import embed_conversations
+from lamra.train.distributed import contrastive_loss_distributed
 from lamra.train.gradcache import GradCache
+from lamra.train.losses import similarity_distillation
 from lamra.train.recipe import Recipe
 from lamra.train.stages.mbeir_data import MBEIRTrainData
 from lamra.train.stages.models import StageSetupError
@@ -127,19 +130,44 @@ def make_embed_fn(backbone: Backbone, recipe: Recipe) -> Callable[[Sequence[list
     return embed
 
 
+def trunk_features(backbone: Backbone, recipe: Recipe, items: Sequence[list[Segment]]) -> torch.Tensor | None:
+    """The frozen vision trunk's mean-pooled features (N, 1280) of each item's first image: the global
+    image token's features, served by the feature cache. None when some item has no image."""
+    images = [next((s for s in segments if isinstance(s, Image.Image)), None) for segments in items]
+    if not images or any(image is None for image in images):
+        return None
+    with torch.no_grad(), autocast(recipe, backbone.device):  # the cache keys the loop's precision
+        features = backbone.feature_cache.get_many(backbone.hf_model, images)
+    return features[:, 0]  # the global token: the mean of the whole map (the recipe requires it)
+
+
 def contrastive_step_fn(
     backbone: Backbone, recipe: Recipe, example: Callable[[int, int], Example]
 ) -> Callable[[list[int], int], float]:
-    """The Trainer's step: GradCache over this rank's shard (loss gathered over ranks)."""
-    cache = GradCache(
-        make_embed_fn(backbone, recipe), recipe.chunk_size,
-        temperature=recipe.temperature, symmetric=recipe.symmetric_loss,
-    )
+    """The Trainer's step: GradCache over this rank's shard (loss gathered over ranks). With
+    ``trunk_distillation``, a batch whose queries and candidates all hold an image adds the
+    similarity distillation from the frozen trunk (``losses.similarity_distillation``)."""
+    teacher: dict[str, tuple[torch.Tensor, torch.Tensor] | None] = {"features": None}
+
+    def loss_fn(queries: torch.Tensor, candidates: torch.Tensor, negatives: torch.Tensor | None = None):
+        loss = contrastive_loss_distributed(queries, candidates, temperature=recipe.temperature,
+                                            hard_negatives=negatives, symmetric=recipe.symmetric_loss)
+        if teacher["features"] is not None:
+            loss = loss + recipe.trunk_distillation * similarity_distillation(
+                queries, candidates, *teacher["features"], recipe.temperature,
+                recipe.trunk_distillation_temperature)
+        return loss
+
+    cache = GradCache(make_embed_fn(backbone, recipe), recipe.chunk_size, loss_fn)
 
     def step(indices: list[int], epoch: int) -> float:
         examples = [example(i, epoch) for i in indices]
         queries = [e[0] for e in examples]
         candidates = [e[1] for e in examples]
+        if recipe.trunk_distillation:
+            query_features, cand_features = trunk_features(backbone, recipe, queries), trunk_features(backbone, recipe, candidates)
+            both = query_features is not None and cand_features is not None
+            teacher["features"] = (query_features, cand_features) if both else None
         if recipe.hard_negatives:
             negatives = [neg for e in examples for neg in e[2]]
             return float(cache.step(queries, candidates, negatives))

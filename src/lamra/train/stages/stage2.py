@@ -13,6 +13,7 @@ from lamra.train.distributed import is_main_process, world_size
 from lamra.train.recipe import Recipe
 from lamra.train.schedule import GroupedBatchOrder
 from lamra.train.stages.mbeir_data import MBEIRTrainData
+from lamra.train.stages.models import StageSetupError
 from lamra.train.stages.steps import StageSteps
 from lamra.train.trainer import autocast
 
@@ -20,6 +21,8 @@ TRAINS_LORA = True
 
 
 def prepare(recipe: Recipe, backbone) -> StageSteps:
+    if recipe.trunk_distillation and world_size() > 1:
+        raise StageSetupError("trunk_distillation runs in one process (its loss is not gathered across ranks)")
     data = MBEIRTrainData.from_recipe(recipe)
     warm_vision_features(backbone, recipe, data)
     mined = retrieval.read_mined_negatives(recipe, data)
