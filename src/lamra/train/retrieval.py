@@ -165,9 +165,8 @@ def contrastive_step_fn(
         queries = [e[0] for e in examples]
         candidates = [e[1] for e in examples]
         if recipe.trunk_distillation:
-            query_features, cand_features = trunk_features(backbone, recipe, queries), trunk_features(backbone, recipe, candidates)
-            both = query_features is not None and cand_features is not None
-            teacher["features"] = (query_features, cand_features) if both else None
+            features = (trunk_features(backbone, recipe, queries), trunk_features(backbone, recipe, candidates))
+            teacher["features"] = features if all(f is not None for f in features) else None
         if recipe.hard_negatives:
             negatives = [neg for e in examples for neg in e[2]]
             return float(cache.step(queries, candidates, negatives))
