@@ -90,14 +90,21 @@ def test_index_reports_a_bad_pool_line_before_loading_the_model(tmp_path, monkey
     assert f"{pool}:2: bad candidate '1:2'" in str(result.exception)
 
 
-def test_diagnose_generalization_puts_training_recall_beside_the_split(tmp_path):
+@pytest.fixture(scope="module")
+def pocketbeir_fixture(tmp_path_factory):
+    """The small PocketBEIR fixture (<= 100 emoji), built once for the diagnose tests."""
     from train_helpers import HAVE_SOURCES, SOURCES
 
     from lamra.pocketbeir.build import build_pocketbeir
 
     if not HAVE_SOURCES:
         pytest.fail(f"the PocketBEIR sources are missing under {SOURCES}: run scripts/setup.sh")
-    root = build_pocketbeir(tmp_path / "pocketbeir", SOURCES, seed=0, fixture=True, show_progress=False)
+    root = build_pocketbeir(tmp_path_factory.mktemp("pocketbeir"), SOURCES, seed=0, fixture=True, show_progress=False)
+    return root
+
+
+def test_diagnose_generalization_puts_training_recall_beside_the_split(pocketbeir_fixture):
+    root = pocketbeir_fixture
     result = runner.invoke(app, ["diagnose", str(root), "--generalization", "--queries-per-task", "6",
                                  "--per-modality", "2", "--tasks", "emojiname,emojivendor"])
     assert result.exit_code == 0, result.output
@@ -113,14 +120,8 @@ def test_diagnose_generalization_puts_training_recall_beside_the_split(tmp_path)
     assert result.exit_code != 0 and "--generalization needs --queries-per-task >= 1" in result.output
 
 
-def test_diagnose_rerank_prints_the_pairwise_auc_per_task(tmp_path):
-    from train_helpers import HAVE_SOURCES, SOURCES
-
-    from lamra.pocketbeir.build import build_pocketbeir
-
-    if not HAVE_SOURCES:
-        pytest.fail(f"the PocketBEIR sources are missing under {SOURCES}: run scripts/setup.sh")
-    root = build_pocketbeir(tmp_path / "pocketbeir", SOURCES, seed=0, fixture=True, show_progress=False)
+def test_diagnose_rerank_prints_the_pairwise_auc_per_task(pocketbeir_fixture):
+    root = pocketbeir_fixture
     result = runner.invoke(app, ["diagnose", str(root), "--rerank", "--queries-per-task", "3",
                                  "--per-modality", "4", "--top-k", "5"])
     assert result.exit_code == 0, result.output
