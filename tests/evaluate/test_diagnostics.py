@@ -189,3 +189,20 @@ def test_generalization_gap_counts_only_queries_with_a_positive_in_the_pool(tmp_
     assert "- (0)" in generalization_table(
         generalization_gap(HashingEncoder(), root, "test", seen_split="train", tasks=["toyname"],
                            show_progress=False), "test")
+
+
+def test_generalization_gap_reads_training_queries_from_the_union_file(tmp_path):
+    """M-BEIR ships its training queries in one union file: the task's are those of its task id with a
+    positive in its local pool."""
+    root = build_toy_mbeir(tmp_path / "toy")
+    union = [json.loads(line) for split in ("val",) for file in sorted((root / "query" / split).glob("*.jsonl"))
+             for line in file.read_text().splitlines()]
+    target = root / "query/union_train/mbeir_union_up_train.jsonl"
+    target.parent.mkdir(parents=True)
+    target.write_text("".join(json.dumps(record) + "\n" for record in union))
+    rows = {row.task: row for row in generalization_gap(HashingEncoder(), root, "test", show_progress=False)}
+    # toyvariant's and fashioniq's val queries are both task 7: each keeps only those in its own pool
+    assert {task: row.seen_queries for task, row in rows.items()} == {
+        "toyname_task0": 3, "toypassage_task1": 1, "fashioniq_task7": 1, "toyvariant_task7": 1}
+    by_split = generalization_gap(HashingEncoder(), root, "test", seen_split="val", show_progress=False)
+    assert [row.seen_recall for row in by_split] == [rows[row.task].seen_recall for row in by_split]
