@@ -29,6 +29,7 @@ import numpy as np
 from lamra import LamRA
 from lamra.demo import DEMO_DIR, IMAGE_QUERY, TEXT_QUERY, load_collection
 from lamra.items import to_segments
+from lamra.prompts import format_mbeir_text
 
 
 def timed(repeats: int, fn):
@@ -48,12 +49,14 @@ def main() -> None:
     model = LamRA.from_pretrained()
     images = [to_segments(DEMO_DIR / record["img_path"]) for record in load_collection()]
     pool = (images * 4)[:50]
-    # The instructions are PocketBEIR's (EmojiName's second, EmojiVendor's first paraphrase).
+    # Joined as rerank_query_item joins an evaluation's query; the instructions are PocketBEIR's
+    # (EmojiName's second paraphrase, EmojiVendor's first).
     queries = {
         "text": to_segments(TEXT_QUERY),
-        "instruction + text": to_segments(f"Retrieve the emoji image described by the given name. {TEXT_QUERY}."),
+        "instruction + text": to_segments(format_mbeir_text(
+            f"Retrieve the emoji image described by the given name. {TEXT_QUERY}")),
         "image + instruction": to_segments({"img_path": str(DEMO_DIR / IMAGE_QUERY),
-                                            "txt": "Find the same emoji drawn in another style."}),
+                                            "txt": format_mbeir_text("Find the same emoji drawn in another style.")}),
     }
     query = queries["text"]
     reranker = model.reranker
