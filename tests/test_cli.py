@@ -58,6 +58,21 @@ def test_bad_collection_records_are_named_before_the_model_loads(tmp_path, line,
     assert f"{path}{message}" in str(result.exception)
 
 
+@pytest.mark.parametrize("query, message", [
+    ("", "query 1 (''): empty text"),
+    ("@missing.png", "query 1 ('@missing.png'): image file not found: 'missing.png'"),
+    ("@collection.jsonl", "query 1 ('@collection.jsonl'): cannot read image"),
+])
+def test_bad_queries_are_named_before_the_model_loads(tmp_path, query, message, monkeypatch):
+    import lamra.cli
+
+    monkeypatch.setattr(lamra.cli, "load_model", lambda *a, **k: pytest.fail("the model loaded first"))
+    monkeypatch.chdir(tmp_path)
+    collection = write_collection(tmp_path, [json.dumps({"did": "a", "txt": "fine"})])
+    result = runner.invoke(app, ["search", query, "--collection", str(collection)])
+    assert message in str(result.exception)
+
+
 @pytest.mark.parametrize("top_k", ["0", "-1"])
 def test_search_refuses_a_top_k_below_one(tmp_path, top_k):
     collection = write_collection(tmp_path, [json.dumps({"did": "a", "txt": "fine"})])

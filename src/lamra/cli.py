@@ -61,6 +61,22 @@ def demo(model: ModelOption = None, precision: PrecisionOption = "auto", top_k: 
     run_demo(load_model(model, precision), top_k=top_k, echo=typer.echo)
 
 
+def parse_queries(queries: list[str]) -> list[str | Path]:
+    """Command-line queries as items (``@path``: an image), each checked before anything is loaded
+    or encoded, so a typo fails at once and not after the whole collection has been encoded."""
+    from lamra.items import InputError, to_segments
+
+    parsed: list[str | Path] = []
+    for number, query in enumerate(queries, start=1):
+        item = Path(query[1:]) if query.startswith("@") else query
+        try:
+            to_segments(item)
+        except InputError as error:
+            raise InputError(f"query {number} ({query!r}): {error}") from None
+        parsed.append(item)
+    return parsed
+
+
 @app.command()
 def search(
     queries: Annotated[list[str], typer.Argument(help="Query texts; prefix an image path with @ (e.g. @cat.png).")],
@@ -77,10 +93,10 @@ def search(
     from lamra.items import check_top_k
 
     check_top_k(top_k, "--top-k")
+    parsed = parse_queries(queries)
     records = read_collection(collection)
     lamra = load_model(model, precision)
     embedded = embed_collection(lamra, records, image_root or collection.parent)
-    parsed = [Path(q[1:]) if q.startswith("@") else q for q in queries]
     results = embedded.search(lamra, parsed, instruction=instruction, top_k=top_k, rerank=rerank, rerank_top_k=top_k)
     for query, hits in zip(queries, results, strict=True):
         typer.echo(f"\n{query}")
