@@ -43,6 +43,19 @@ def test_shipped_model_loads_retriever_and_reranker(model):
     assert model.backbone.kind == "compact" and model.reranker is not None
 
 
+def test_the_shipped_reranker_loads_on_first_use_only(monkeypatch):
+    import lamra.model
+
+    loads = []
+    real_load = lamra.model.load_backbone
+    monkeypatch.setattr(lamra.model, "load_backbone", lambda *a, **k: loads.append(k.get("role")) or real_load(*a, **k))
+    fresh = LamRA.from_pretrained()
+    fresh.encode(["a cheesy slice of Italian food"])
+    assert loads == [None] and fresh.has_reranker  # encoding needs LamRA-Ret alone
+    assert fresh.reranker is fresh.reranker is not None
+    assert loads == [None, "rank"]  # loaded once, when first used
+
+
 def test_retrieval_quality_floor(model, subset):
     report = evaluate_mbeir(model, subset, tasks=[TASK], show_progress=False)
     recall = report.results[0].metrics["R@5"]

@@ -133,6 +133,7 @@ def serve(
     path = collection or DEMO_DIR / "collection.jsonl"
     lamra = load_model(model, precision)
     embedded = embed_collection(lamra, read_collection(path), image_root or path.parent)
+    _ = lamra.reranker  # load LamRA-Rank now, so the first rerank request does not wait for it
     uvicorn.run(create_app(lamra, embedded, limits), host=host, port=port)
 
 
@@ -255,7 +256,7 @@ def diagnose(
     if generalization and queries_per_task < 1:
         raise typer.BadParameter("--generalization needs --queries-per-task >= 1")
     lamra = load_model(model, precision, reranker=reranker)
-    if rerank and lamra.reranker is None:
+    if rerank and not lamra.has_reranker:
         raise typer.BadParameter("--rerank: the model has no reranker; give --reranker")
     typer.echo(spread_table(embedding_spread(lamra, data_root, split, per_modality)))
     if rerank:

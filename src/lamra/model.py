@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -84,12 +86,35 @@ class LamRA:
     """
 
     def __init__(
-        self, backbone: Backbone, reranker_backbone: Backbone | None = None, precision: str = "auto",
-        truncation: Truncation | None = None,
+        self, backbone: Backbone, reranker_backbone: Backbone | Callable[[], Backbone] | None = None,
+        precision: str = "auto", truncation: Truncation | None = None,
     ):
+        """``reranker_backbone``: LamRA-Rank's backbone, or a function that loads it, called the first
+        time ``reranker`` is used (so encode and search alone never pay for a second model)."""
         self.backbone = backbone
+        self.precision = precision
         self.retriever = Retriever(backbone, precision=precision, truncation=truncation)
-        self.reranker = Reranker(reranker_backbone, precision=precision) if reranker_backbone else None
+        self._reranker: Reranker | None = None
+        self._load_reranker: Callable[[], Backbone] | None = None
+        if callable(reranker_backbone) and not isinstance(reranker_backbone, Backbone):
+            self._load_reranker = reranker_backbone
+        elif reranker_backbone is not None:
+            self._reranker = Reranker(reranker_backbone, precision=precision)
+        self._reranker_lock = threading.Lock()
+
+    @property
+    def has_reranker(self) -> bool:
+        """Whether LamRA-Rank is here or will load on first use (without loading it)."""
+        return self._reranker is not None or self._load_reranker is not None
+
+    @property
+    def reranker(self) -> Reranker | None:
+        """LamRA-Rank (loaded now if it was deferred), or None when the model has none."""
+        with self._reranker_lock:
+            if self._reranker is None and self._load_reranker is not None:
+                self._reranker = Reranker(self._load_reranker(), precision=self.precision)
+                self._load_reranker = None
+        return self._reranker
 
     @classmethod
     def from_pretrained(
@@ -104,7 +129,8 @@ class LamRA:
         precision: str = "auto",
         position_mode: str | None = None,
     ) -> LamRA:
-        """Load LamRA-Ret (and LamRA-Rank when ``reranker`` is given or the checkpoint has one).
+        """Load LamRA-Ret (and LamRA-Rank when ``reranker`` is given or the checkpoint has one; a
+        checkpoint's own reranker loads the first time it is used).
 
         ``name_or_path``: None for the shipped compact model; a Qwen2-VL/Qwen2.5-VL directory or hub id
         (e.g. ``code-kunkun/LamRA-Ret``); or a compact checkpoint directory. ``precision``: "auto"
@@ -126,8 +152,8 @@ class LamRA:
             from lamra.light_checkpoint import has_rank_adapter
 
             source = SHIPPED_DIR if name_or_path is None else Path(name_or_path)
-            if has_rank_adapter(source):
-                rank_backbone = load_backbone(source, device=device, dtype=dtype, role="rank")
+            if has_rank_adapter(source):  # loaded on first use: encode and search alone do not need it
+                rank_backbone = functools.partial(load_backbone, source, device=device, dtype=dtype, role="rank")
         return cls(backbone, rank_backbone, precision=precision)
 
     # --- LamRA-Ret -------------------------------------------------------------------------------

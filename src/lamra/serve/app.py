@@ -139,7 +139,7 @@ def create_app(model, collection: EmbeddedCollection, limits: ServerLimits = Ser
     @app.get("/health")
     def health() -> dict:
         return {"status": "ok", "items": len(collection.records), "dims": int(collection.vectors.shape[1]),
-                "backbone": model.backbone.kind, "reranker": model.reranker is not None}
+                "backbone": model.backbone.kind, "reranker": model.has_reranker}
 
     @app.post("/encode")
     def encode(body: dict) -> dict:
@@ -167,7 +167,7 @@ def create_app(model, collection: EmbeddedCollection, limits: ServerLimits = Ser
             raise HTTPException(status_code=422, detail=f"'rerank_weight' must be a number, got {weight!r:.40}")
         try:
             mode = optional_string(body, "rerank")
-            if mode and model.reranker is None:
+            if mode and not model.has_reranker:
                 raise InputError("this server's model has no reranker")
             query = request_item(body, "query", limits.max_image_pixels)
             hits = collection.search(model, [query], instruction=optional_string(body, "instruction"), top_k=top_k,
