@@ -154,3 +154,25 @@ def test_diagnose_rerank_prints_the_pairwise_auc_per_task(pocketbeir_fixture):
     rows = [line.split("|")[1].strip() for line in result.output.splitlines()
             if line.startswith("| emoji") or line.startswith("| wordnet")]
     assert sorted(rows) == ["emojidesc_task2", "wordnetpassage_task1"], result.output
+
+
+def test_an_unknown_precision_is_refused_before_the_model_loads(tmp_path, monkeypatch):
+    import lamra.cli
+
+    monkeypatch.setattr(lamra.cli, "load_model", lambda *a, **k: pytest.fail("the model loaded first"))
+    collection = write_collection(tmp_path, [json.dumps({"did": "a", "txt": "fine"})])
+    result = runner.invoke(app, ["search", "query", "--collection", str(collection), "--precision", "bf17"])
+    words = " ".join(result.output.replace("│", " ").split())  # the error box wraps lines
+    assert result.exit_code == 2 and "must be one of auto, bf16, fp32, bf16-weights, got 'bf17'" in words
+
+
+def test_bf16_weights_precision_loads_the_weights_in_bf16():
+    import torch
+
+    from lamra.cli import load_model
+
+    model = load_model(None, "bf16-weights")
+    assert model.backbone.dtype == torch.bfloat16 and model.precision == "bf16"
+    assert model.reranker.backbone.dtype == torch.bfloat16
+    hits = model.search(["a cheesy slice of Italian food"], corpus=["pizza", "a bicycle", "rainy weather"], top_k=1)
+    assert hits[0][0].id == 0
