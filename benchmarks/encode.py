@@ -191,7 +191,8 @@ def main() -> None:
         for label, model in variants(backbone):
             per_second, gflops = measure(model, items, args.batch_size, args.repeats)
             rows.append((f"encode {name}", label, per_second, gflops))
-    split = parts(model.backbone, model, items, args.batch_size, args.repeats, args.compile)  # the last: image+text, bf16 weights
+    # the loops' last workload and variant: image+text, bf16 weights
+    split = parts(model.backbone, model, items, args.batch_size, args.repeats, args.compile)
 
     peak = dict((precision, gflops) for workload, precision, _, gflops in rows if workload.startswith("torch GEMM"))
     print(f"\ncompact LMM encode, {args.items} items, batch {args.batch_size}, {torch.get_num_threads()} threads")
@@ -202,7 +203,7 @@ def main() -> None:
         speed = "" if per_second is None else f"{per_second:9.1f}{per_second / base[0]:8.2f}"
         print(f"{workload:<22}{precision:<16}{speed or ' ' * 17}{gflops:10.0f}{gflops / base[1]:8.2f}"
               f"{gflops / peak['bf16']:14.0%}")
-    print_parts(split, args.items / per_second, args.items, peak["bf16"])
+    print_parts(split, args.items / rows[-1][2], args.items, peak["bf16"])  # rows[-1]: that same run
 
 
 if __name__ == "__main__":
