@@ -24,7 +24,9 @@ M-BEIR a split's local pool may not hold the training items).
 
 from __future__ import annotations
 
+import functools
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -199,16 +201,15 @@ class Generalization:
                 f"{cell(self.new_queries, self.new_recall)} | {gap} |")
 
 
-def _task_queries(data: MBEIRDataset, split: str, task: EvalTask, union: dict[str, list[MBEIRQuery]]) -> list[MBEIRQuery]:
+def _task_queries(data: MBEIRDataset, split: str, task: EvalTask,
+                  union_train: Callable[[], list[MBEIRQuery]]) -> list[MBEIRQuery]:
     """The task's queries of ``split``: its own file, else (M-BEIR's training data) the union file's
-    queries of the task id (the caller keeps those whose positive is in the task's pool). ``union``
-    keeps the union file once read: M-BEIR's holds 1.1M queries."""
+    queries of the task id (the caller keeps those whose positive is in the task's pool).
+    ``union_train`` returns the union file's queries, read once per run: M-BEIR's holds 1.1M."""
     if (task.dataset, task.task_id) in set(data.tasks(split)):
         return list(data.queries(split, task.dataset, task.task_id))
     if split == "train" and data.path(UNION_TRAIN_RELPATH).is_file():
-        if "queries" not in union:
-            union["queries"] = list(data.queries("union_train"))
-        return [q for q in union["queries"] if q.task_id == task.task_id]
+        return [q for q in union_train() if q.task_id == task.task_id]
     return []
 
 
@@ -221,7 +222,8 @@ def generalization_gap(encoder: Any, data_root: str | Path, split: str = "val", 
     data = MBEIRDataset(data_root)
     pools = TaskPools(encoder, data, model_name=getattr(encoder, "name", None) or type(encoder).__name__,
                       batch_size=batch_size, index_dir=None, index_type="flat", show_progress=show_progress)
-    rows, union = [], {}
+    rows = []
+    union_train = functools.cache(lambda: list(data.queries("union_train")))
     for task in list_tasks(data, split, tasks):
         metric = headline_metric_for(task.dataset)
         depth = int(metric.split("@")[1])
@@ -229,7 +231,7 @@ def generalization_gap(encoder: Any, data_root: str | Path, split: str = "val", 
         candidates = pools.candidates(pool_path)
         measured = []
         for which in (seen_split, split):
-            judged = [q for q in _task_queries(data, which, task, union) if any(did in candidates for did in q.pos_cand_list)]
+            judged = [q for q in _task_queries(data, which, task, union_train) if any(did in candidates for did in q.pos_cand_list)]
             queries = sample_queries(judged, queries_per_task, f"{seed}:{which}:{task.key}")
             if not queries:
                 measured.append((0, float("nan")))

@@ -147,26 +147,26 @@ def contrastive_step_fn(
     """The Trainer's step: GradCache over this rank's shard (loss gathered over ranks). With
     ``trunk_distillation``, a batch whose queries and candidates all hold an image adds the
     similarity distillation from the frozen trunk (``losses.similarity_distillation``)."""
-    teacher: dict[str, tuple[torch.Tensor, torch.Tensor] | None] = {"features": None}
+    teacher: tuple[torch.Tensor, torch.Tensor] | None = None  # this step's trunk features, set by step()
 
     def loss_fn(queries: torch.Tensor, candidates: torch.Tensor, negatives: torch.Tensor | None = None):
         loss = contrastive_loss_distributed(queries, candidates, temperature=recipe.temperature,
                                             hard_negatives=negatives, symmetric=recipe.symmetric_loss)
-        if teacher["features"] is not None:
+        if teacher is not None:
             loss = loss + recipe.trunk_distillation * similarity_distillation(
-                queries, candidates, *teacher["features"], recipe.temperature,
-                recipe.trunk_distillation_temperature)
+                queries, candidates, *teacher, recipe.temperature, recipe.trunk_distillation_temperature)
         return loss
 
     cache = GradCache(make_embed_fn(backbone, recipe), recipe.chunk_size, loss_fn)
 
     def step(indices: list[int], epoch: int) -> float:
+        nonlocal teacher
         examples = [example(i, epoch) for i in indices]
         queries = [e[0] for e in examples]
         candidates = [e[1] for e in examples]
         if recipe.trunk_distillation:
             features = (trunk_features(backbone, recipe, queries), trunk_features(backbone, recipe, candidates))
-            teacher["features"] = features if all(f is not None for f in features) else None
+            teacher = features if all(f is not None for f in features) else None
         if recipe.hard_negatives:
             negatives = [neg for e in examples for neg in e[2]]
             return float(cache.step(queries, candidates, negatives))
