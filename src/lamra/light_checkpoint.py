@@ -100,6 +100,14 @@ def role_adapters(config: dict, role: str) -> list[str]:
     return [config["rank_adapter"]] if config.get("rank_adapter") else []
 
 
+def roles_share_weights(path: str | os.PathLike) -> bool:
+    """Whether the rank role folds the same adapters with the same projector and visual tokens as the
+    retrieval role: one model does both jobs (a joint stage 2, ``lamra.train.joint``)."""
+    config = read_light_config(Path(path))
+    return bool(config.get("rank_adapter")) and all(
+        picks(config, "retrieval") == picks(config, "rank") for picks in (role_adapters, role_vision))
+
+
 def role_digest(path: str | os.PathLike, role: str = "retrieval") -> str:
     """12 hex digits of everything one role of a light checkpoint computes with: its visual-token
     layout, projector and adapters, and nothing else (not where it was trained, not the other

@@ -149,10 +149,12 @@ class LamRA:
                 reranker or name_or_path, adapter=reranker_adapter, device=device, dtype=dtype, role="rank"
             )
         elif name_or_path is None or (Path(name_or_path) / LIGHT_CONFIG).is_file():
-            from lamra.light_checkpoint import has_rank_adapter
+            from lamra.light_checkpoint import has_rank_adapter, roles_share_weights
 
             source = SHIPPED_DIR if name_or_path is None else Path(name_or_path)
-            if has_rank_adapter(source):  # loaded on first use: encode and search alone do not need it
+            if roles_share_weights(source):  # one model for both jobs: no second copy
+                rank_backbone = backbone
+            elif has_rank_adapter(source):  # loaded on first use: encode and search alone do not need it
                 rank_backbone = functools.partial(load_backbone, source, device=device, dtype=dtype, role="rank")
         return cls(backbone, rank_backbone, precision=precision)
 

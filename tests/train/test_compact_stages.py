@@ -56,6 +56,12 @@ def chain(tmp_path_factory):
                                               rerank_data=str(mined), rank_from_retriever=True,
                                               train_projector=True, rank_loss="grouped", rank_group_size=3))
     out["rank_on_ret"] = run_stage(ron, show_progress=False)
+    # one adapter for both jobs: stage 2 on top of stage 2 with the rank stage's loss added
+    rj = load_recipe("smoke-stage2", overrides(data, runs, "stage2", **SMALL, max_steps=2, name="smoke-stage2-joint",
+                                               init_from=str(out["stage2"].final_dir), adapter_name="stage2-joint",
+                                               joint_rank_weight=0.5, joint_rank_batch=3, joint_rank_max_length=256,
+                                               rerank_data=str(mined), mining_top_k=10))
+    out["joint"], out["joint_recipe"] = run_stage(rj, show_progress=False), rj
     return out
 
 
@@ -253,3 +259,37 @@ def read_tensors(path):
     from safetensors.torch import load_file
 
     return load_file(path)
+
+
+def test_joint_stage2_logs_both_jobs_and_packages_one_model_for_both(chain):
+    from lamra import LamRA
+    from lamra.light_checkpoint import role_digest
+    from lamra.train.trainer import read_loss_log
+
+    recipe, final = chain["joint_recipe"], chain["joint"].final_dir
+    log = read_loss_log(recipe.run_dir)
+    assert [row["step"] for row in log] == [1, 2]
+    for row in log:
+        assert row["rank"] > 0.0 and row["retrieval"] >= 0.0
+        assert row["loss"] == pytest.approx(row["retrieval"] + recipe.joint_rank_weight * row["rank"], rel=1e-6)
+    config = read_light_config(final)
+    assert config["retrieval_adapters"] == ["adapters/stage1", "adapters/stage2", "adapters/stage2-joint"]
+    assert config["rank_adapter"] == "adapters/stage2-joint"
+    assert role_digest(final, "rank") == role_digest(final, "retrieval")
+    model = LamRA.from_pretrained(final)
+    assert model.reranker.backbone is model.retriever.backbone  # one model in memory, not two
+    hits = model.rerank("a red apple", ["red apple", "soccer ball"], mode="pointwise")
+    assert len(hits) == 2
+
+
+def test_joint_rank_draws_depend_on_the_step_not_on_when_it_runs():
+    from lamra.train.joint import draw_rank_indices
+    from lamra.train.recipe import Recipe
+
+    recipe = Recipe(stage="stage2", seed=3, joint_rank_batch=4)
+    first = draw_rank_indices(recipe, 100, [5, 9, 11], epoch=0)
+    assert first == draw_rank_indices(recipe, 100, [5, 9, 11], epoch=0)  # a resumed run draws the same
+    assert len(set(first)) == 4 and all(0 <= i < 100 for i in first)
+    others = [draw_rank_indices(recipe, 100, [5, 9, 12], epoch=0), draw_rank_indices(recipe, 100, [5, 9, 11], epoch=1)]
+    assert all(other != first for other in others)
+    assert sorted(draw_rank_indices(recipe, 3, [1], epoch=0)) == [0, 1, 2]  # fewer samples than the batch

@@ -85,8 +85,11 @@ def _write_light(recipe: Recipe, backbone: Backbone, out: Path) -> None:
             rank_adapter = name
         else:
             adapters.append(name)
+        if recipe.joint_rank_weight:  # one model for both jobs: the rank role is the retrieval chain
+            rank_adapter = name
+            roles = {"rank": {"adapters": list(adapters)}}
     config = backbone.hf_model.config
-    if roles is not None:
+    if roles is not None and recipe.rank_from_retriever:
         roles["rank"] = {"projector": projector, "global_image_token": config.global_image_token,
                          "adapters": [*adapters, rank_adapter]}
     write_light_config(out, config.image_grid, adapters, rank_adapter, config.global_image_token, roles)

@@ -100,6 +100,10 @@ class Recipe:
     # by their Yes-No logits in one softmax, plus each answer's and the listwise next-token loss
     rank_group_size: int = 4  # grouped: the positive and this many minus one mined negatives
     rank_datasets: list[str] | None = None  # rank: train on these datasets' mined queries only (names or ids)
+    joint_rank_weight: float = 0.0  # stage 2, compact: > 0 trains one adapter for both jobs: each step
+    # adds this times the rank stage's next-token loss on samples from ``rerank_data`` (lamra.train.joint)
+    joint_rank_batch: int = 12  # ... rank samples per optimizer step
+    joint_rank_max_length: int = 384  # ... tokens per rank sample (the retrieval's max_length is shorter)
 
     # Data (M-BEIR layout; stage 1: the text-pair csv; stage 0: captions of training images).
     train_data: str | None = None
@@ -280,6 +284,11 @@ def _check_recipe(recipe: Recipe, source: str) -> None:
         fail(f"mined_negative_depth must be positive, got {recipe.mined_negative_depth}")
     if recipe.adapter_name is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", recipe.adapter_name):
         fail(f"adapter_name must be a plain folder name, got {recipe.adapter_name!r}")
+    if recipe.joint_rank_weight < 0 or recipe.joint_rank_batch <= 0 or recipe.joint_rank_max_length <= 0:
+        fail("joint_rank_weight must be >= 0, joint_rank_batch and joint_rank_max_length positive")
+    if recipe.joint_rank_weight and (recipe.stage != "stage2" or recipe.backbone != "compact"
+                                     or not recipe.rerank_data):
+        fail("joint_rank_weight is for the compact backbone's stage2, with `rerank_data` (lamra train mine)")
     if recipe.rank_from_retriever and (recipe.stage != "rank" or recipe.backbone != "compact"):
         fail("rank_from_retriever is for the compact backbone's rank stage")
     if recipe.rank_loss not in ("next_token", "grouped"):

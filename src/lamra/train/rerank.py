@@ -152,11 +152,12 @@ def answer_token_loss(backbone: Backbone, hidden: torch.Tensor, labels: torch.Te
 
 
 def next_token_step_fn(
-    backbone: Backbone, recipe: Recipe, conversation: Callable[[int, int], list[dict]]
+    backbone: Backbone, recipe: Recipe, conversation: Callable[[int, int], list[dict]], weight: float = 1.0
 ) -> Callable[[list[int], int], float]:
     """The Trainer's step for next-token stages: micro-batches of ``chunk_size`` conversations,
     each loss summed and divided by the global number of answer tokens (so micro-batches and
-    processes add up to the full-batch mean; the Trainer sums gradients over ranks)."""
+    processes add up to the full-batch mean; the Trainer sums gradients over ranks). ``weight``
+    scales the loss (and its gradients) when it is one term of a joint loss."""
 
     def step(indices: list[int], epoch: int) -> float:
         conversations = [conversation(i, epoch) for i in indices]
@@ -170,7 +171,7 @@ def next_token_step_fn(
             labels = batch.pop("labels")
             with autocast(recipe, backbone.device):
                 hidden = backbone.hidden_states(batch)
-                loss = answer_token_loss(backbone, hidden, labels) / tokens.clamp(min=1.0)
+                loss = weight * answer_token_loss(backbone, hidden, labels) / tokens.clamp(min=1.0)
             loss.backward()
             total += float(loss.detach())
         return total

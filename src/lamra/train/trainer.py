@@ -1,6 +1,6 @@
 """The optimisation loop every stage shares: order, optimizer, schedule, checkpoints, progress.
 
-A stage supplies ``step_fn(indices, epoch) -> loss``: it runs the forward/backward passes of this
+A stage supplies ``step_fn(indices, epoch) -> loss`` (or ``(loss, parts)``, see ``split_loss``): it runs the forward/backward passes of this
 process's shard of the batch (``indices`` into its example list) and leaves the gradients in
 ``.grad``. The loop then makes the gradients equal to a one-process run over the global batch
 (``grad_reduction``: "mean" for the gathered contrastive loss, whose backward already holds W times
@@ -32,7 +32,7 @@ from lamra.train.schedule import (
     BatchOrder, cosine_lr_factor, cosine_with_warmup, count_training_steps, warmup_steps_for,
 )
 
-StepFn = Callable[[list[int], int], float]
+StepFn = Callable[[list[int], int], float | tuple[float, dict[str, float]]]
 LOSS_LOG = "losses.jsonl"
 BUDGET_PROBE_STEPS = 10  # steps timed before a `max_minutes` run fixes its length
 HARDWARE_LOG = "hardware.json"  # where each session of a run trained (the package copies it)
@@ -80,6 +80,15 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def split_loss(step_output) -> tuple[float, dict[str, float]]:
+    """A step's loss, and its named parts when the step returns ``(loss, {"name": value, ...})``
+    (logged beside the loss; a joint stage reports each job's share this way)."""
+    if isinstance(step_output, tuple):
+        loss, parts = step_output
+        return float(loss), {name: float(value) for name, value in parts.items()}
+    return float(step_output), {}
 
 
 def sync_gradients(params: list[torch.nn.Parameter], reduction: str) -> None:
@@ -163,7 +172,7 @@ class Trainer:
             began = time.perf_counter()
             indices = self.order.rank_indices(step, rank())
             self.optimizer.zero_grad(set_to_none=True)
-            loss = float(self.step_fn(indices, self.order.epoch_of(step)))
+            loss, parts = split_loss(self.step_fn(indices, self.order.epoch_of(step)))
             if not math.isfinite(loss):  # stop before the optimizer writes NaN into every weight
                 raise FloatingPointError(
                     f"{recipe.name or self.desc}: the loss of step {step + 1} is {loss}; the weights are "
@@ -181,7 +190,7 @@ class Trainer:
             times.append(elapsed)
             speed = recipe.batch_size / elapsed
             result.losses.append(loss)
-            self._log({"step": step + 1, "loss": loss, "lr": lr, "examples_per_s": round(speed, 3),
+            self._log({"step": step + 1, "loss": loss, **parts, "lr": lr, "examples_per_s": round(speed, 3),
                        "seconds": round(elapsed, 3)})
             bar.set_postfix(loss=f"{loss:.4f}", ex_s=f"{speed:.1f}")
             bar.update(1)

@@ -1,5 +1,6 @@
 """Stage 2 of LamRA-Ret: multimodal instruction tuning on M-BEIR-format data (InfoNCE, in-batch and
-optional hard negatives), LoRA on the LM (and, in the compact recipes, the projector).
+optional hard negatives), LoRA on the LM (and, in the compact recipes, the projector). With
+``joint_rank_weight`` the same adapter also learns to rerank (``lamra.train.joint``).
 
     lamra train stage2 --recipe compact-stage2     (from stage 1's merged weights)
 """
@@ -8,7 +9,9 @@ from __future__ import annotations
 
 import torch
 
-from lamra.train import retrieval
+from tqdm.auto import tqdm
+
+from lamra.train import joint, rerank, retrieval
 from lamra.train.distributed import is_main_process, world_size
 from lamra.train.recipe import Recipe
 from lamra.train.schedule import GroupedBatchOrder
@@ -23,6 +26,9 @@ TRAINS_LORA = True
 def prepare(recipe: Recipe, backbone) -> StageSteps:
     if recipe.trunk_distillation and world_size() > 1:
         raise StageSetupError("trunk_distillation runs in one process (its loss is not gathered across ranks)")
+    if recipe.joint_rank_weight and world_size() > 1:
+        raise StageSetupError("joint_rank_weight runs in one process (the rank part's gradients would be "
+                              "averaged over ranks like the retrieval part's, not summed)")
     data = MBEIRTrainData.from_recipe(recipe)
     warm_vision_features(backbone, recipe, data)
     mined = retrieval.read_mined_negatives(recipe, data)
@@ -34,7 +40,14 @@ def prepare(recipe: Recipe, backbone) -> StageSteps:
     if recipe.batch_by_task:
         order = GroupedBatchOrder(data.task_groups(), recipe.batch_size, recipe.seed, world_size(),
                                   recipe.mixed_batch_ratio)
-    return StageSteps(retrieval.contrastive_step_fn(backbone, recipe, example), len(data), "mean", order)
+    step = retrieval.contrastive_step_fn(backbone, recipe, example)
+    if recipe.joint_rank_weight:
+        samples = joint.rank_samples(recipe, data, backbone)
+        if is_main_process():
+            tqdm.write(f"joint: {len(samples.queries)} mined queries for the rank part; a reranker that knows only "
+                       f"the answer format scores {rerank.chance_loss(backbone, joint.rank_recipe(recipe)):.3f} on them")
+        step = joint.joint_step_fn(recipe, step, samples, backbone)
+    return StageSteps(step, len(data), "mean", order)
 
 
 def warm_vision_features(backbone, recipe: Recipe, data: MBEIRTrainData, batch: int = 256) -> None:
@@ -43,8 +56,6 @@ def warm_vision_features(backbone, recipe: Recipe, data: MBEIRTrainData, batch: 
     the first one, which the timing and a `max_minutes` budget rely on."""
     if not hasattr(backbone, "feature_cache"):
         return
-    from tqdm.auto import tqdm
-
     paths = data.image_paths()
     with torch.no_grad(), autocast(recipe, backbone.device):
         for start in tqdm(range(0, len(paths), batch), desc="vision features", disable=not is_main_process()):
