@@ -2,9 +2,11 @@
 
     .venv/bin/python scripts/evaluate_rerank.py all [--reranker DIR]   # val, test, then the page
     .venv/bin/python scripts/evaluate_rerank.py val|test|page [--reranker DIR]
+    .venv/bin/python scripts/evaluate_rerank.py all --retriever DIR            # a joint model: both jobs
 
 Retrieval is the shipped LamRA-Ret (its pool indexes are reused from runs/eval-index, which
-scripts/evaluate_pocketbeir.py fills). Reranking is the shipped LamRA-Rank, or ``--reranker``: a
+scripts/evaluate_pocketbeir.py fills), or ``--retriever``: another package, whose own reranker is
+measured unless ``--reranker`` names one (a joint model's reranker is its retrieval model). Reranking is the shipped LamRA-Rank, or ``--reranker``: a
 rank run's ``final/`` or a package, to measure it before shipping (its page goes beside its kept work,
 runs/rerank-eval/rank-<digest>-ret-<digest>/rerank.md; results/rerank.md is the shipped reranker's).
 Two rerankers, as in the paper's Table 8:
@@ -28,6 +30,7 @@ import argparse
 import json
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -58,16 +61,29 @@ def data_root() -> Path:
     return lamra_home() / "pocketbeir"
 
 
-def load_model(reranker: str | None):
+@dataclass(frozen=True)
+class Models:
+    """What is measured: a LamRA-Ret package and a reranker (None: the package's own, which for a
+    joint model is the retrieval model itself)."""
+
+    retriever: str = RETRIEVER
+    reranker: str | None = None
+
+    @property
+    def shipped(self) -> bool:
+        return self.retriever == RETRIEVER and self.reranker is None
+
+
+def load_model(models: Models):
     from lamra import LamRA
 
-    model = LamRA.from_pretrained(RETRIEVER, reranker=reranker)
+    model = LamRA.from_pretrained(models.retriever, reranker=models.reranker)
     if model.reranker is None:
-        raise SystemExit(f"{RETRIEVER} has no reranker: give --reranker DIR")
-    for backbone in (model.backbone, model.reranker.backbone):
+        raise SystemExit(f"{models.retriever} has no reranker: give --reranker DIR")
+    for backbone in {id(b): b for b in (model.backbone, model.reranker.backbone)}.values():
         if hasattr(backbone, "persist_features"):
             backbone.persist_features()
-    model.name = f"{RETRIEVAL}@{role_digest(RETRIEVER)}"  # the key of its cached pool indexes
+    model.name = f"{RETRIEVAL}@{role_digest(models.retriever)}"  # the key of its cached pool indexes
     return model
 
 
@@ -82,9 +98,9 @@ def rerankers(model, weights: dict[str, dict[str, float]] | None = None, sliding
     return methods
 
 
-def out_dir(reranker: str | None) -> Path:
+def out_dir(models: Models) -> Path:
     """Work of one (reranker, retriever) pair: a new LamRA-Ret changes the candidates reranked."""
-    return OUT / f"rank-{role_digest(reranker or RETRIEVER, 'rank')}-ret-{role_digest(RETRIEVER)}"
+    return OUT / f"rank-{role_digest(models.reranker or models.retriever, 'rank')}-ret-{role_digest(models.retriever)}"
 
 
 def evaluate_task(model, task, split: str, methods: list[RerankMethod], **options):
@@ -92,24 +108,24 @@ def evaluate_task(model, task, split: str, methods: list[RerankMethod], **option
                           rerankers=methods, index_dir=INDEX_DIR, show_progress=True, **options)
 
 
-def val_dir(reranker: str | None, val_queries: int | None) -> Path:
-    return out_dir(reranker) / ("val" if val_queries is None else f"val-{val_queries}")
+def val_dir(models: Models, val_queries: int | None) -> Path:
+    return out_dir(models) / ("val" if val_queries is None else f"val-{val_queries}")
 
 
-def test_dir(reranker: str | None, val_queries: int | None) -> Path:
+def test_dir(models: Models, val_queries: int | None) -> Path:
     """Test results depend on the weights val chose, so they are kept per val scope too."""
-    return out_dir(reranker) / ("test" if val_queries is None else f"test-val-{val_queries}")
+    return out_dir(models) / ("test" if val_queries is None else f"test-val-{val_queries}")
 
 
-def run_val(reranker: str | None, model=None, sliding: bool = False, val_queries: int | None = None):
+def run_val(models: Models, model=None, sliding: bool = False, val_queries: int | None = None):
     """Per task: retrieval + the rerankers on val (all of it, or a seeded sample), and the weight sweep
     -> val/<task>.json."""
-    target = val_dir(reranker, val_queries)
+    target = val_dir(models, val_queries)
     for task in list_tasks(MBEIRDataset(data_root()), "val"):
         path = target / f"{task.key}.json"
         if path.is_file():
             continue
-        model = model or load_model(reranker)
+        model = model or load_model(models)
         start = time.perf_counter()
         report = evaluate_task(model, task, "val", rerankers(model, sliding=sliding), queries_per_task=val_queries)
         record = {"queries": report.results[0].metrics["queries"],
@@ -126,62 +142,64 @@ def run_val(reranker: str | None, model=None, sliding: bool = False, val_queries
     return model
 
 
-def val_weights(reranker: str | None, val_queries: int | None) -> dict[str, dict[str, float]]:
+def val_weights(models: Models, val_queries: int | None) -> dict[str, dict[str, float]]:
     weights: dict[str, dict[str, float]] = {name: {} for name in SWEEP_METRIC}
-    for path in sorted(val_dir(reranker, val_queries).glob("*.json")):
+    for path in sorted(val_dir(models, val_queries).glob("*.json")):
         for name, sweep in json.loads(path.read_text())["sweeps"].items():
             weights[name][path.stem] = sweep["best"]
     return weights
 
 
-def run_test(reranker: str | None, model=None, sliding: bool = False, val_queries: int | None = None):
+def run_test(models: Models, model=None, sliding: bool = False, val_queries: int | None = None):
     """Per task: the full test queries with the val-chosen weights -> test/<task>/results.json."""
-    weights = val_weights(reranker, val_queries)
+    weights = val_weights(models, val_queries)
     for task in list_tasks(MBEIRDataset(data_root()), "test"):
-        target = test_dir(reranker, val_queries) / task.key
+        target = test_dir(models, val_queries) / task.key
         if (target / "results.json").is_file():
             continue
         needed = [POINTWISE, LISTWISE] + ([SLIDING] if sliding else [])
         if any(task.key not in weights[name] for name in needed):
             raise SystemExit(f"no val weights for {task.key} (of {needed}): run `val` first, with the same flags")
-        model = model or load_model(reranker)
+        model = model or load_model(models)
         start = time.perf_counter()
         write_report(evaluate_task(model, task, "test", rerankers(model, weights, sliding)), target,
-                     command=command(reranker, val_queries, sliding))
+                     command=command(models, val_queries, sliding))
         print(f"test {task.key}: {time.perf_counter() - start:.0f} s -> {target}")
     return model
 
 
-def page_path(reranker: str | None) -> Path:
-    """results/rerank.md describes the shipped reranker only: measuring a candidate (``--reranker``)
+def page_path(models: Models) -> Path:
+    """results/rerank.md describes the shipped models only: measuring a candidate (``--reranker``, ``--retriever``)
     must not overwrite it, so a candidate's page is written beside its kept work."""
-    return PAGE if reranker is None else out_dir(reranker) / "rerank.md"
+    return PAGE if models.shipped else out_dir(models) / "rerank.md"
 
 
-def write_page(reranker: str | None, val_queries: int | None = None) -> None:
-    base = test_dir(reranker, val_queries)
+def write_page(models: Models, val_queries: int | None = None) -> None:
+    base = test_dir(models, val_queries)
     results = [r for path in sorted(base.glob("*/results.json")) for r in load_results(path)["results"]]
     if not results:
         raise SystemExit(f"no test results under {base}: run `test` first (with the same --val-queries)")
-    source = reranker or f"{RETRIEVER} (shipped)"
+    source = (f"the shipped package's LamRA-Ret and LamRA-Rank (`{RETRIEVER}`)" if models.shipped else
+              f"LamRA-Ret `{models.retriever}`, reranker `{models.reranker or 'its own'}`")
     notes = (f"Full PocketBEIR test split (all 3,980 queries), local pools; compact LMM, bf16 autocast, 2 CPU "
-             f"cores. Reranker: `{source}`. Fusion `retrieval + w * rerank`, w per task chosen on val "
+             f"cores. Models: {source}. Fusion `retrieval + w * rerank`, w per task chosen on val "
              f"({val_scope(val_queries)}) from the grid "
              f"{list(DEFAULT_WEIGHT_GRID)}: pointwise on R@5, listwise on R@1 (reordering the top 5 cannot "
              "move R@5). w = 0 is retrieval alone; a tie on val goes to the smallest w.")
     methods = [m for m in (RETRIEVAL, POINTWISE, LISTWISE, SLIDING) if any(r["method"] == m for r in results)]
     page = results_page(results, title="LamRA-Ret + LamRA-Rank (PocketBEIR full test split)", pools=("local",),
                         methods=methods, speed_methods=methods, notes=notes)
-    path = page_path(reranker)
-    write_markdown(path, command(reranker, val_queries, SLIDING in methods),
-                   page + "\n" + val_tables(val_dir(reranker, val_queries), results))
+    path = page_path(models)
+    write_markdown(path, command(models, val_queries, SLIDING in methods),
+                   page + "\n" + val_tables(val_dir(models, val_queries), results))
     print(f"wrote {path}")
 
 
-def command(reranker: str | None, val_queries: int | None, sliding: bool) -> str:
+def command(models: Models, val_queries: int | None, sliding: bool) -> str:
     """The command that regenerates this work, flags included (the page names it)."""
     flags = ([f"--val-queries {val_queries}"] if val_queries is not None else []) + (
-        [f"--reranker {reranker}"] if reranker else []) + (["--sliding"] if sliding else [])
+        [f"--retriever {models.retriever}"] if models.retriever != RETRIEVER else []) + (
+        [f"--reranker {models.reranker}"] if models.reranker else []) + (["--sliding"] if sliding else [])
     return " ".join([COMMAND, *flags])
 
 
@@ -218,17 +236,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("step", choices=["all", "val", "test", "page"])
     parser.add_argument("--reranker", help="a rank run's final/ (default: the shipped package's reranker)")
+    parser.add_argument("--retriever", default=RETRIEVER, help="a LamRA package or stage-2 final/ (default: the "
+                        "shipped one); with no --reranker, its own reranker")
     parser.add_argument("--sliding", action="store_true", help="also listwise over the top 10 in sliding windows")
     parser.add_argument("--val-queries", type=int, help="choose w on a seeded sample of N val queries per task "
                         "(default: all val queries)")
     args = parser.parse_args()
+    models = Models(args.retriever, args.reranker)
     model = None
     if args.step in ("all", "val"):
-        model = run_val(args.reranker, model, args.sliding, args.val_queries)
+        model = run_val(models, model, args.sliding, args.val_queries)
     if args.step in ("all", "test"):
-        model = run_test(args.reranker, model, args.sliding, args.val_queries)
+        model = run_test(models, model, args.sliding, args.val_queries)
     if args.step in ("all", "page"):
-        write_page(args.reranker, args.val_queries)
+        write_page(models, args.val_queries)
 
 
 if __name__ == "__main__":
