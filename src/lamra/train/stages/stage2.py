@@ -8,7 +8,6 @@ optional hard negatives), LoRA on the LM (and, in the compact recipes, the proje
 from __future__ import annotations
 
 import torch
-
 from tqdm.auto import tqdm
 
 from lamra.train import joint, rerank, retrieval
