@@ -1,11 +1,12 @@
 """The optimisation loop every stage shares: order, optimizer, schedule, checkpoints, progress.
 
-A stage supplies ``step_fn(indices, epoch) -> loss`` (or ``(loss, parts)``, see ``split_loss``): it runs the forward/backward passes of this
-process's shard of the batch (``indices`` into its example list) and leaves the gradients in
-``.grad``. The loop then makes the gradients equal to a one-process run over the global batch
-(``grad_reduction``: "mean" for the gathered contrastive loss, whose backward already holds W times
-the gradient on each rank; "sum" for next-token losses divided by the global token count), clips,
-steps AdamW and the cosine schedule, logs, and checkpoints every ``save_every`` steps. The batch of
+A stage supplies ``step_fn(indices, epoch) -> loss`` (or ``(loss, parts)``, see ``split_loss``): it
+runs the forward/backward passes of this process's shard of the batch (``indices`` into its example
+list) and leaves the gradients in ``.grad``. The loop then makes the gradients equal to a
+one-process run over the global batch (``grad_reduction``: "mean" for the gathered contrastive loss,
+whose backward already holds W times the gradient on each rank; "sum" for next-token losses divided
+by the global token count), clips, steps AdamW and the cosine schedule, logs, and checkpoints every
+``save_every`` steps. The batch of
 each step is a pure function of (seed, step) (``BatchOrder``), so a resumed run continues exactly.
 """
 
