@@ -6,9 +6,10 @@
 
 Retrieval is the shipped LamRA-Ret (its pool indexes are reused from runs/eval-index, which
 scripts/evaluate_pocketbeir.py fills), or ``--retriever``: another package, whose own reranker is
-measured unless ``--reranker`` names one (a joint model's reranker is its retrieval model). Reranking is the shipped LamRA-Rank, or ``--reranker``: a
-rank run's ``final/`` or a package, to measure it before shipping (its page goes beside its kept work,
-runs/rerank-eval/rank-<digest>-ret-<digest>/rerank.md; results/rerank.md is the shipped reranker's).
+measured unless ``--reranker`` names one (a joint model's reranker is its retrieval model).
+Reranking is the shipped LamRA-Rank, or ``--reranker``: a rank run's ``final/`` or a package, to
+measure it before shipping (its page goes beside its kept work,
+runs/rerank-eval/rank-<digest>-ret-<digest>/rerank.md; results/rerank.md is the shipped models').
 Two rerankers, as in the paper's Table 8:
 
 - pointwise over the top 10: P(Yes) of each (query, candidate);
@@ -169,8 +170,8 @@ def run_test(models: Models, model=None, sliding: bool = False, val_queries: int
 
 
 def page_path(models: Models) -> Path:
-    """results/rerank.md describes the shipped models only: measuring a candidate (``--reranker``, ``--retriever``)
-    must not overwrite it, so a candidate's page is written beside its kept work."""
+    """results/rerank.md describes the shipped models only: measuring a candidate (``--reranker``,
+    ``--retriever``) must not overwrite it, so a candidate's page is written beside its kept work."""
     return PAGE if models.shipped else out_dir(models) / "rerank.md"
 
 

@@ -16,14 +16,12 @@ from __future__ import annotations
 
 import dataclasses
 import random
-from collections.abc import Callable
 
 from lamra.train import rerank
 from lamra.train.mining import read_mined
 from lamra.train.recipe import Recipe
 from lamra.train.stages.mbeir_data import MBEIRTrainData
-
-Step = Callable[[list[int], int], float]
+from lamra.train.trainer import StepFn
 
 
 def rank_recipe(recipe: Recipe) -> Recipe:
@@ -41,7 +39,7 @@ def draw_rank_indices(recipe: Recipe, num_samples: int, retrieval_indices: list[
     return rng.sample(range(num_samples), min(recipe.joint_rank_batch, num_samples))
 
 
-def joint_step_fn(recipe: Recipe, retrieval_step: Step, samples: rerank.RerankSamples, backbone) -> Step:
+def joint_step_fn(recipe: Recipe, retrieval_step: StepFn, samples: rerank.RerankSamples, backbone) -> StepFn:
     """The Trainer's step: the retrieval step, then the weighted rank step; returns the total loss
     with each job's part (logged as ``retrieval`` and ``rank``, the latter unweighted)."""
     rank_step = rerank.next_token_step_fn(backbone, rank_recipe(recipe), samples.sample, weight=recipe.joint_rank_weight)

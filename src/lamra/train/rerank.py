@@ -29,13 +29,14 @@ from collections.abc import Callable
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from lamra.backbones.base import IGNORE_INDEX, Backbone
 from lamra.data.mbeir import MBEIRQuery
 from lamra.items import Segment
 from lamra.prompts import MAX_RERANK_TEXT_TOKENS, NO, YES, listwise_messages, pointwise_messages
 from lamra.reranker import single_token_id
-from lamra.train.distributed import is_distributed
+from lamra.train.distributed import is_distributed, is_main_process
 from lamra.train.recipe import Recipe
 from lamra.train.stages.mbeir_data import MBEIRTrainData
 from lamra.train.stages.models import StageSetupError
@@ -134,6 +135,14 @@ def chance_loss(backbone: Backbone, recipe: Recipe) -> float:
     pointwise_tokens = supervised(pointwise_messages(["q"], ["c"], YES)) + supervised(pointwise_messages(["q"], ["c"], NO))
     informative = 2 * math.log(2) + sum(math.log(n) for n in sizes) / len(sizes)
     return informative / (pointwise_tokens + sum(listwise_tokens.values()) / len(sizes))
+
+
+def announce_chance_loss(backbone: Backbone, recipe: Recipe, samples: RerankSamples, prefix: str = "rank") -> None:
+    """Print, once, the loss that marks a reranker which has learned only the answer format, so a
+    run's curve can be read against it."""
+    if is_main_process():
+        tqdm.write(f"{prefix}: {len(samples.queries)} mined queries; a reranker that knows only the answer format "
+                   f"scores loss {chance_loss(backbone, recipe):.3f} on them; below it, it is learning the match")
 
 
 def answer_token_loss(backbone: Backbone, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -7,10 +7,7 @@ a mined top-K (``lamra train mine``), one LoRA adapter from the base model (stag
 
 from __future__ import annotations
 
-from tqdm.auto import tqdm
-
 from lamra.train import rerank
-from lamra.train.distributed import is_main_process
 from lamra.train.mining import of_datasets, read_mined
 from lamra.train.recipe import Recipe
 from lamra.train.stages.mbeir_data import MBEIRTrainData
@@ -30,9 +27,7 @@ def prepare(recipe: Recipe, backbone) -> StageSteps:
         if not mined:
             raise StageSetupError(f"{recipe.rerank_data} holds no query of rank_datasets {recipe.rank_datasets}")
     samples = rerank.RerankSamples(data, mined, recipe, backbone)
-    if is_main_process():
-        tqdm.write(f"rank: a reranker that knows only the answer format scores loss "
-                   f"{rerank.chance_loss(backbone, recipe):.3f} on these samples; below it, it is learning the match")
+    rerank.announce_chance_loss(backbone, recipe, samples)
     if recipe.rank_loss == "grouped":
         return StageSteps(rerank.grouped_step_fn(backbone, recipe, samples), len(samples.queries), "sum")
     return StageSteps(rerank.next_token_step_fn(backbone, recipe, samples.sample), len(samples), "sum")

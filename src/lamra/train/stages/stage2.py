@@ -42,9 +42,7 @@ def prepare(recipe: Recipe, backbone) -> StageSteps:
     step = retrieval.contrastive_step_fn(backbone, recipe, example)
     if recipe.joint_rank_weight:
         samples = joint.rank_samples(recipe, data, backbone)
-        if is_main_process():
-            tqdm.write(f"joint: {len(samples.queries)} mined queries for the rank part; a reranker that knows only "
-                       f"the answer format scores {rerank.chance_loss(backbone, joint.rank_recipe(recipe)):.3f} on them")
+        rerank.announce_chance_loss(backbone, joint.rank_recipe(recipe), samples, prefix="joint, rank part")
         step = joint.joint_step_fn(recipe, step, samples, backbone)
     return StageSteps(step, len(data), "mean", order)
 
