@@ -37,6 +37,8 @@ CHECKPOINTS = {
     "Stage 1 only": "runs/compact-gpu-stage1/final",  # the shipped weights' stage 1
     "LamRA-Ret": "src/lamra/weights/compact",  # the shipped package
 }
+# The shipped LamRA-Ret without its appearance channel (lamra.appearance): the LMM embedding alone.
+LMM_ONLY = "LamRA-Ret, LMM embedding only"
 INDEX_DIR = Path("runs/eval-index")
 # The instruction study: the task's own instructions (the main row), none, and paraphrases written for
 # the test only (never trained on).
@@ -44,7 +46,8 @@ HELDOUT_INSTRUCTIONS = Path("docs/pocketbeir/heldout_instructions.tsv")
 INSTRUCTION_ROWS = {"LamRA-Ret, no instruction": ("none", None),
                     "LamRA-Ret, held-out paraphrase": ("first", HELDOUT_INSTRUCTIONS)}
 BASELINES = {"minilm": "all-MiniLM-L6-v2", "vision": "EfficientNet-Lite0 trunk"}
-METHOD_KEYS = {"base": "Base (stage 0 only)", "stage1": "Stage 1 only", "ret": "LamRA-Ret", **BASELINES}
+METHOD_KEYS = {"base": "Base (stage 0 only)", "stage1": "Stage 1 only", "ret-lmm": LMM_ONLY, "ret": "LamRA-Ret",
+               **BASELINES}
 
 
 def data_root() -> Path:
@@ -53,6 +56,8 @@ def data_root() -> Path:
 
 def model_name(name: str) -> str:
     """The name a method's results are stored under: a checkpoint's carries its weights' digest."""
+    if name == LMM_ONLY:  # the digest of what it computes with: the package less its channel
+        return f"LamRA-Ret@{role_digest(CHECKPOINTS['LamRA-Ret'], appearance=False)}"
     return f"{name}@{role_digest(CHECKPOINTS[name])}" if name in CHECKPOINTS else name
 
 
@@ -74,7 +79,10 @@ def load_encoder(key: str):
         return VisionTowerEncoder()
     from lamra import LamRA
 
-    model = LamRA.from_pretrained(CHECKPOINTS[name])
+    if name == LMM_ONLY:
+        model = LamRA.from_pretrained(CHECKPOINTS["LamRA-Ret"], appearance=False)
+    else:
+        model = LamRA.from_pretrained(CHECKPOINTS[name])
     model.backbone.persist_features()
     model.name = model_name(name)  # keys its cached indexes
     return model
@@ -82,7 +90,7 @@ def load_encoder(key: str):
 
 def run_method(key: str) -> None:
     name = METHOD_KEYS[key]
-    out = OUT / name.replace(" ", "_")
+    out = OUT / name.replace(" ", "_").replace(",", "")
     if finished(out, model_name(name)):
         print(f"{name}: done already ({out})")
         return
@@ -115,13 +123,16 @@ def write_pages() -> None:
     note = ("Full PocketBEIR test split: all 3,980 test queries; every task's full local pool (its candidates "
             "from all splits) and the global pool (the union, 18,237 candidates). Compact LMM in bf16 autocast "
             "on 2 CPU cores. Baselines with no training: all-MiniLM-L6-v2 (text-only tasks) and the compact "
-            "model's own frozen EfficientNet-Lite0 trunk, mean-pooled, cosine (image-only tasks).")
-    order = ["Base (stage 0 only)", "all-MiniLM-L6-v2", "EfficientNet-Lite0 trunk", "LamRA-Ret"]
+            "model's own frozen EfficientNet-Lite0 trunk, mean-pooled, cosine (image-only tasks). LamRA-Ret is the "
+            "shipped package: its LMM embedding plus its appearance channel (`lamra.appearance`: the trunk's "
+            "global features, PCA'd on training images, weighted by a w chosen on val, `results/appearance.md`), "
+            "which adds to image-to-image scores only; the row above it is the LMM embedding alone.")
+    order = ["Base (stage 0 only)", "all-MiniLM-L6-v2", "EfficientNet-Lite0 trunk", LMM_ONLY, "LamRA-Ret"]
     page = results_page([r for name in order for r in rows.get(name, [])],
                         title="PocketBEIR (full test split): retrieval", pools=("local", "global"),
                         methods=[n for n in order if n in rows], notes=note)
     write_markdown("results/pocketbeir.md", COMMAND, page)
-    stages = [n for n in CHECKPOINTS if n in rows]
+    stages = [n for n in [*list(CHECKPOINTS)[:-1], LMM_ONLY, "LamRA-Ret"] if n in rows]
     page = results_page([r for name in stages for r in rows[name]],
                         title="Compact LamRA by training stage (PocketBEIR full test split)",
                         pools=("local", "global"), methods=stages, notes=note)

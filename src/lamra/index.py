@@ -1,11 +1,16 @@
-"""A FAISS inner-product index over L2-normalised embeddings that knows its string ids.
+"""A FAISS inner-product index over embeddings that knows its string ids.
+
+Embeddings are L2-normalised (``similarity`` "cosine", the default), or kept as the encoder gave them
+when it ranks by plain inner product (``similarity`` "dot": a model with an appearance channel,
+``lamra.appearance``). The manifest records which, and an index is rebuilt rather than reused when
+the encoder's similarity differs.
 
 On disk an index is a directory holding versions and a pointer to the live one::
 
     CURRENT               the name of the live version, e.g. "v-20261126T194100-1a2b3c4d"
     v-.../manifest.json   model name, dims, count, index type, fingerprints of the pool file and ids
     v-.../ids.json        the candidate ids (M-BEIR dids such as "9:1234"), row i <-> ids[i]
-    v-.../embeddings.npy  float32 (count, dims), L2-normalised, memory-mapped on load (the FAISS
+    v-.../embeddings.npy  float32 (count, dims), as indexed (above), memory-mapped on load (the FAISS
                           file too: flat codes and IVF lists are read from disk as searches need them)
     v-.../index.faiss     the FAISS index: exact (flat) by default, or IVF / IVF-PQ / HNSW / any FAISS
                           factory string (``index_type``; names and defaults in ``lamra.index_types``)
@@ -65,6 +70,16 @@ logger = logging.getLogger(__name__)
 
 EncodeFn = Callable[[Sequence[Any]], np.ndarray]
 
+SIMILARITIES = ("cosine", "dot")
+
+
+def similarity_of(encoder: Any) -> str:
+    """How an encoder's vectors are compared: its ``similarity`` attribute, "cosine" when it has none."""
+    similarity = getattr(encoder, "similarity", "cosine")
+    if similarity not in SIMILARITIES:
+        raise ValueError(f"similarity must be one of {SIMILARITIES}, got {similarity!r}")
+    return similarity
+
 
 class IndexFileError(RuntimeError):
     """An index directory that is incomplete, inconsistent or of an unknown format."""
@@ -93,14 +108,32 @@ def ids_fingerprint(ids: Sequence[str]) -> str:
     return "sha256:" + digest.hexdigest()
 
 
-def l2_normalise(vectors: np.ndarray, what: str = "vectors") -> np.ndarray:
-    """Return float32 unit rows; a zero row is an encoder bug, so it is refused rather than hidden."""
+def prepare_vectors(vectors: np.ndarray, similarity: str = "cosine", what: str = "vectors") -> np.ndarray:
+    """Float32 rows ready to index: unit rows for "cosine", checked but unchanged for "dot"."""
+    if similarity not in SIMILARITIES:
+        raise ValueError(f"similarity must be one of {SIMILARITIES}, got {similarity!r}")
+    if similarity == "cosine":
+        return l2_normalise(vectors, what)
+    vectors = _checked_rows(vectors, what)
+    if vectors.shape[0] and float(np.abs(vectors).sum(axis=1).min()) == 0.0:
+        row = int(np.argmin(np.abs(vectors).sum(axis=1)))
+        raise ValueError(f"{what}: row {row} is a zero vector")
+    return vectors
+
+
+def _checked_rows(vectors: np.ndarray, what: str) -> np.ndarray:
     vectors = np.asarray(vectors, dtype=np.float32)
     if vectors.ndim != 2:
         raise ValueError(f"{what}: expected a 2-D array (n, dims), got shape {vectors.shape}")
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    if vectors.shape[0] and not np.all(np.isfinite(norms)):
+    if vectors.shape[0] and not np.all(np.isfinite(vectors)):
         raise ValueError(f"{what}: contains NaN or infinite values")
+    return vectors
+
+
+def l2_normalise(vectors: np.ndarray, what: str = "vectors") -> np.ndarray:
+    """Return float32 unit rows; a zero row is an encoder bug, so it is refused rather than hidden."""
+    vectors = _checked_rows(vectors, what)
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
     if vectors.shape[0] and float(norms.min()) == 0.0:
         row = int(np.argmin(norms[:, 0]))
         raise ValueError(f"{what}: row {row} is a zero vector and cannot be normalised")
@@ -208,14 +241,18 @@ class VectorIndex:
         index_type: str | None = None,
         search: dict[str, int] | None = None,
         assume_normalised: bool = False,
+        similarity: str = "cosine",
     ) -> "VectorIndex":
-        """Index vectors (L2-normalised here unless ``assume_normalised``); duplicate ids are refused.
+        """Index vectors (prepared here for ``similarity``, see ``prepare_vectors``, unless
+        ``assume_normalised``: already prepared); duplicate ids are refused.
         ``index_type``: "flat" (default, exact), a name of ``lamra.index_types`` ("ivf[N]", "hnsw-pca",
         ...) or a FAISS factory string; ``search`` overrides its search parameters (``{"nprobe": 32}``, ``{"efSearch": 256}``)."""
         ids = [str(did) for did in ids]
         _refuse_duplicate_ids(ids)
+        if similarity not in SIMILARITIES:
+            raise ValueError(f"similarity must be one of {SIMILARITIES}, got {similarity!r}")
         if not assume_normalised:
-            vectors = l2_normalise(vectors, "candidate embeddings")
+            vectors = prepare_vectors(vectors, similarity, "candidate embeddings")
         if pool_path is not None and pool_fingerprint is None:
             pool_fingerprint = file_fingerprint(pool_path)
         kind = resolve_index_type(index_type, len(ids), int(vectors.shape[1]))
@@ -226,6 +263,7 @@ class VectorIndex:
             "dims": int(vectors.shape[1]),
             "count": len(ids),
             "metric": "inner_product",
+            "similarity": similarity,
             "index_type": kind.name,
             "factory": kind.factory,
             "search": parameters,
@@ -248,6 +286,11 @@ class VectorIndex:
     @property
     def model_name(self) -> str:
         return self.manifest["model"]
+
+    @property
+    def similarity(self) -> str:
+        """"cosine" (unit rows) or "dot" (rows as the encoder gave them); older indexes are cosine."""
+        return self.manifest.get("similarity", "cosine")
 
     @property
     def exact(self) -> bool:
@@ -428,26 +471,27 @@ def encode_in_batches(
     batch_size: int = 32,
     show_progress: bool = True,
     desc: str = "encoding",
+    similarity: str = "cosine",
 ) -> np.ndarray:
-    """Encode everything in memory (no resume); rows are L2-normalised float32."""
+    """Encode everything in memory (no resume); float32 rows prepared for ``similarity``."""
     chunks = []
     with tqdm(total=len(items), desc=desc, unit="item", disable=not show_progress) as bar:
         for start in range(0, len(items), batch_size):
             batch = items[start : start + batch_size]
-            chunks.append(_encode_batch(encode, batch, start))
+            chunks.append(_encode_batch(encode, batch, start, similarity))
             bar.update(len(batch))
     if not chunks:
         raise ValueError("nothing to encode: the item list is empty")
     return np.concatenate(chunks)
 
 
-def _encode_batch(encode: EncodeFn, batch: Sequence[Any], start: int) -> np.ndarray:
+def _encode_batch(encode: EncodeFn, batch: Sequence[Any], start: int, similarity: str) -> np.ndarray:
     vectors = np.asarray(encode(batch), dtype=np.float32)
     if vectors.ndim != 2 or len(vectors) != len(batch):
         raise ValueError(
             f"encode returned shape {vectors.shape} for a batch of {len(batch)} items (items {start}..)"
         )
-    return l2_normalise(vectors, f"embeddings of items {start}..{start + len(batch) - 1}")
+    return prepare_vectors(vectors, similarity, f"embeddings of items {start}..{start + len(batch) - 1}")
 
 
 def build_index(
@@ -463,6 +507,7 @@ def build_index(
     index_type: str | None = None,
     search: dict[str, int] | None = None,
     show_progress: bool = True,
+    similarity: str = "cosine",
 ) -> VectorIndex:
     """Encode ``candidates`` with ``encode(batch) -> (n, dims)`` and save a VectorIndex at ``directory``.
 
@@ -484,6 +529,7 @@ def build_index(
         "count": len(ids),
         "ids_fingerprint": ids_fingerprint(ids),
         "pool_fingerprint": file_fingerprint(pool_path) if pool_path is not None else None,
+        "similarity": similarity,
     }
     done, vectors = _open_partial(partial, job)
     if vectors is not None:
@@ -496,7 +542,7 @@ def build_index(
             chunk_end = min(done + chunk_size, len(ids))
             for start in range(done, chunk_end, batch_size):
                 end = min(start + batch_size, chunk_end)
-                batch_vectors = _encode_batch(encode, candidates[start:end], start)
+                batch_vectors = _encode_batch(encode, candidates[start:end], start, similarity)
                 if vectors is None:  # the first batch tells the dimension
                     resolve_index_type(index_type, len(ids), int(batch_vectors.shape[1]))
                     vectors = _create_partial(partial, job, batch_vectors.shape[1])
@@ -511,7 +557,7 @@ def build_index(
     index = VectorIndex.from_vectors(
         vectors, ids, model_name=model_name, pool_path=pool_path,
         pool_fingerprint=job["pool_fingerprint"], index_type=index_type, search=search,
-        assume_normalised=True,  # every batch was normalised as it was written
+        assume_normalised=True, similarity=similarity,  # every batch was prepared as it was written
     )
     index._write_files(partial)
     (partial / PROGRESS).unlink()
@@ -556,13 +602,16 @@ def load_or_build_index(
     pool_path: str | os.PathLike | None = None,
     **build_options,
 ) -> VectorIndex:
-    """Reuse the index at ``directory`` if it matches the model, pool file, ids and index type; else
-    (re)build it (a corrupt or inconsistent index is rebuilt too, with a warning that says why)."""
+    """Reuse the index at ``directory`` if it matches the model, pool file, ids, index type and
+    similarity; else (re)build it (a corrupt or inconsistent index is rebuilt too, with a warning that
+    says why)."""
     wanted_type = (build_options.get("index_type") or "flat").strip()
+    wanted_similarity = build_options.get("similarity", "cosine")
     try:
         index = VectorIndex.load(directory, pool_path=pool_path, model_name=model_name)
         if (index.manifest.get("ids_fingerprint") == ids_fingerprint([str(d) for d in ids])
-                and index.manifest.get("index_type", "flat") == wanted_type):
+                and index.manifest.get("index_type", "flat") == wanted_type
+                and index.similarity == wanted_similarity):
             return index
     except (FileNotFoundError, StaleIndexError):
         pass

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from lamra.data.mbeir import cand_pool_dict, read_jsonl
 from lamra.data.mbeir_items import candidate_item
-from lamra.index import VectorIndex, load_or_build_index
+from lamra.index import VectorIndex, load_or_build_index, similarity_of
 
 if TYPE_CHECKING:
     from lamra.evaluate.queries import Encoder
@@ -41,4 +41,5 @@ def index_pool(encoder: Encoder | Callable[[], Encoder], pool_path: str | Path, 
         return encoder.encode(batch, batch_size=batch_size, show_progress=False, image_root=root, role="document")
 
     return load_or_build_index(encode, items, ids, directory, model_name=model_name, pool_path=pool_path,
-                               batch_size=batch_size, index_type=index_type, show_progress=show_progress)
+                               batch_size=batch_size, index_type=index_type, show_progress=show_progress,
+                               similarity=similarity_of(encoder))

@@ -29,7 +29,7 @@ import numpy as np
 
 from lamra.atomic_io import atomic_write
 from lamra.data.mbeir import candidate_from_dict, read_jsonl
-from lamra.index import IndexFileError, StaleIndexError, VectorIndex, file_fingerprint, ids_fingerprint, l2_normalise
+from lamra.index import IndexFileError, StaleIndexError, VectorIndex, file_fingerprint, ids_fingerprint, prepare_vectors, similarity_of
 from lamra.items import InputError
 
 SHARD_PREFIX = "shard-"
@@ -54,11 +54,14 @@ class _PoolEncoder:
         candidates = [candidate_from_dict(json.loads(text)) for text in batch["text"] if text.strip()]
         candidates = [c for c in candidates if c.did not in self.done]
         if not candidates:
-            return {"did": np.zeros(0, object), "vector": np.zeros((0, 1), np.float32)}
+            return {"did": np.zeros(0, object), "vector": np.zeros((0, 1), np.float32),
+                    "similarity": np.zeros(0, object)}
         vectors = self.encoder.encode([candidate_item(c) for c in candidates], batch_size=self.batch_size,
                                       show_progress=False, image_root=self.image_root, role="document")
+        similarity = similarity_of(self.encoder)
         return {"did": np.array([c.did for c in candidates], object),
-                "vector": l2_normalise(np.asarray(vectors, np.float32))}
+                "vector": prepare_vectors(vectors, similarity, "candidate embeddings"),
+                "similarity": np.array([similarity] * len(candidates), object)}
 
 
 def ray_index_pool(
@@ -150,7 +153,8 @@ def _open_shards(shards: Path, job: dict) -> set[str]:
 def _write_shard(shards: Path, batch: dict[str, np.ndarray]) -> None:
     def save(temp: Path) -> None:
         with temp.open("wb") as handle:  # a handle: np.savez would add ".npz" to a temp file's name
-            np.savez(handle, did=batch["did"].astype(str), vector=batch["vector"].astype(np.float32))
+            np.savez(handle, did=batch["did"].astype(str), vector=batch["vector"].astype(np.float32),
+                     similarity=batch["similarity"].astype(str))
 
     # a kill leaves whole shards or a temp file, never half a shard
     atomic_write(shards / f"{SHARD_PREFIX}{uuid.uuid4().hex}.npz", save)
@@ -160,9 +164,12 @@ def _merge(shards: Path, dids: list[str], target: Path, **index_options) -> Vect
     row_of = {did: row for row, did in enumerate(dids)}
     vectors = None
     filled = np.zeros(len(dids), bool)
+    similarities: set[str] = set()
     for path in sorted(shards.glob(f"{SHARD_PREFIX}*.npz")):
         with np.load(path, allow_pickle=False) as shard:
             rows = [row_of[did] for did in shard["did"].tolist()]
+            # shards written before indexes recorded their similarity hold unit rows
+            similarities.update(shard["similarity"].tolist() if "similarity" in shard.files else ["cosine"])
             if vectors is None:
                 vectors = np.lib.format.open_memmap(shards / "merged.npy", mode="w+", dtype=np.float32,
                                                     shape=(len(dids), shard["vector"].shape[1]))
@@ -170,8 +177,11 @@ def _merge(shards: Path, dids: list[str], target: Path, **index_options) -> Vect
             filled[rows] = True
     if vectors is None or not filled.all():
         raise RuntimeError(f"{int((~filled).sum())} candidates have no vector after the Ray run: rerun to finish")
+    if len(similarities) != 1:
+        raise RuntimeError(f"the Ray run's shards disagree on how vectors compare ({sorted(similarities)}): rerun")
     vectors.flush()
-    index = VectorIndex.from_vectors(vectors, dids, assume_normalised=True, **index_options)
+    index = VectorIndex.from_vectors(vectors, dids, assume_normalised=True, similarity=similarities.pop(),
+                                     **index_options)
     index.save(target)
     del vectors, index
     for path in shards.iterdir():

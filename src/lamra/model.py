@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from lamra.appearance import AppearanceChannel
 from lamra.backbones.base import Backbone
 from lamra.items import InputError, check_top_k, to_segment_batch, to_segments
 from lamra.reranker import Reranker, fuse
@@ -87,13 +88,13 @@ class LamRA:
 
     def __init__(
         self, backbone: Backbone, reranker_backbone: Backbone | Callable[[], Backbone] | None = None,
-        precision: str = "auto", truncation: Truncation | None = None,
+        precision: str = "auto", truncation: Truncation | None = None, appearance: AppearanceChannel | None = None,
     ):
         """``reranker_backbone``: LamRA-Rank's backbone, or a function that loads it, called the first
         time ``reranker`` is used (so encode and search alone never pay for a second model)."""
         self.backbone = backbone
         self.precision = precision
-        self.retriever = Retriever(backbone, precision=precision, truncation=truncation)
+        self.retriever = Retriever(backbone, precision=precision, truncation=truncation, appearance=appearance)
         self._reranker: Reranker | None = None
         self._load_reranker: Callable[[], Backbone] | None = None
         if callable(reranker_backbone) and not isinstance(reranker_backbone, Backbone):
@@ -101,6 +102,12 @@ class LamRA:
         elif reranker_backbone is not None:
             self._reranker = Reranker(reranker_backbone, precision=precision)
         self._reranker_lock = threading.Lock()
+
+    @property
+    def similarity(self) -> str:
+        """How ``encode``'s vectors are compared: "cosine", or "dot" for a model with an appearance
+        channel (``lamra.appearance``); ``search`` and indexes do this themselves."""
+        return self.retriever.similarity
 
     @property
     def has_reranker(self) -> bool:
@@ -128,6 +135,7 @@ class LamRA:
         dtype: torch.dtype = torch.float32,
         precision: str = "auto",
         position_mode: str | None = None,
+        appearance: bool = True,
     ) -> LamRA:
         """Load LamRA-Ret (and LamRA-Rank when ``reranker`` is given or the checkpoint has one; a
         checkpoint's own reranker loads the first time it is used).
@@ -137,26 +145,35 @@ class LamRA:
         uses bf16 autocast where the hardware supports it, "fp32" never does. ``position_mode``
         (Qwen-VL retrieval only): "sequential" or "mrope"; None picks what the checkpoint was trained
         with (sequential for LamRA-Ret, see ``lamra.backbones.qwen_vl.POSITION_MODES``).
+        ``appearance=False`` ignores a compact package's appearance channel (``lamra.appearance``):
+        the LMM embedding alone, unit rows compared by cosine.
         """
         backbone = load_backbone(name_or_path, adapter=adapter, device=device, dtype=dtype)
         if position_mode is not None:
             if not hasattr(backbone, "position_mode"):
                 raise ValueError("position_mode applies to Qwen2-VL / Qwen2.5-VL checkpoints only")
             backbone.set_position_mode(position_mode)
-        rank_backbone = None
+        light_source = SHIPPED_DIR if name_or_path is None else Path(name_or_path)
+        if not (light_source / LIGHT_CONFIG).is_file():
+            light_source = None
+        rank_backbone, channel = None, None
+        if light_source is not None and appearance:
+            from lamra.light_checkpoint import load_appearance
+
+            channel = load_appearance(light_source)
         if reranker is not None or reranker_adapter is not None:
             rank_backbone = load_backbone(
                 reranker or name_or_path, adapter=reranker_adapter, device=device, dtype=dtype, role="rank"
             )
-        elif name_or_path is None or (Path(name_or_path) / LIGHT_CONFIG).is_file():
+        elif light_source is not None:
             from lamra.light_checkpoint import has_rank_adapter, roles_share_weights
 
-            source = SHIPPED_DIR if name_or_path is None else Path(name_or_path)
+            source = light_source
             if roles_share_weights(source):  # one model for both jobs: no second copy
                 rank_backbone = backbone
             elif has_rank_adapter(source):  # loaded on first use: encode and search alone do not need it
                 rank_backbone = functools.partial(load_backbone, source, device=device, dtype=dtype, role="rank")
-        return cls(backbone, rank_backbone, precision=precision)
+        return cls(backbone, rank_backbone, precision=precision, appearance=channel)
 
     # --- LamRA-Ret -------------------------------------------------------------------------------
     def encode(

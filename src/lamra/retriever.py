@@ -2,7 +2,9 @@
 
 An item becomes one conversation (its segments, "Summarize above ... in one word: ", then the
 assistant turn ``<emb>.``); its embedding is the last-layer hidden state at the position just before
-``<emb>``, L2-normalised. Cosine similarity between such vectors ranks candidates.
+``<emb>``, L2-normalised. Cosine similarity between such vectors ranks candidates. A compact model
+with an appearance channel (``lamra.appearance``) appends its image-likeness block to that vector;
+its rows are then compared by inner product (``similarity == "dot"``).
 """
 
 from __future__ import annotations
@@ -15,8 +17,10 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from tqdm.auto import tqdm
 
+from lamra.appearance import AppearanceChannel
 from lamra.backbones.base import Backbone
 from lamra.cast_once import bf16_weights
 from lamra.items import InputError, Segment, to_segment_batch, with_instruction
@@ -140,10 +144,24 @@ def default_truncation(backbone: Backbone) -> Truncation:
 class Retriever:
     """Encodes items with a backbone. Used through :class:`lamra.LamRA`."""
 
-    def __init__(self, backbone: Backbone, precision: str = "auto", truncation: Truncation | None = None):
+    def __init__(self, backbone: Backbone, precision: str = "auto", truncation: Truncation | None = None,
+                 appearance: AppearanceChannel | None = None):
         self.backbone = backbone
         self.precision = precision
         self.truncation = truncation or default_truncation(backbone)
+        if appearance is not None and not getattr(backbone.hf_model.config, "global_image_token", False):
+            raise ValueError("an appearance channel needs a compact backbone with the global image token")
+        self.appearance = appearance
+
+    @property
+    def similarity(self) -> str:
+        """How embeddings are compared: "cosine" (unit rows), or "dot" with an appearance channel."""
+        return "cosine" if self.appearance is None else "dot"
+
+    @property
+    def dims(self) -> int:
+        hidden = self.backbone.hf_model.config.get_text_config().hidden_size
+        return hidden + (self.appearance.dims if self.appearance is not None else 0)
 
     def prepare(self, segments: list[Segment], instruction: str | None) -> list[dict[str, Any]]:
         """The LamRA-Ret conversation of one item (instruction prefixed, texts cut per ``truncation``)."""
@@ -164,8 +182,9 @@ class Retriever:
         convert_to_numpy: bool = True,
         role: str = "query",
     ) -> np.ndarray | torch.Tensor:
-        """L2-normalised embeddings, one row per item, in input order (float32). ``role``
-        "document" applies ``truncation.document_tokens``."""
+        """Embeddings, one row per item, in input order (float32): L2-normalised, or with an appearance
+        channel the unit LMM embedding followed by the channel's block. ``role`` "document" applies
+        ``truncation.document_tokens``."""
         if role not in ROLES:
             raise InputError(f"role must be one of {ROLES}, got {role!r}")
         max_length = self.truncation.document_tokens if role == "document" else None
@@ -181,16 +200,31 @@ class Retriever:
                 conversations = [self.prepare(segments[i], instructions[i]) for i in chunk]
                 embedded = embed_conversations(self.backbone, conversations, max_length=max_length)
                 embeddings = F.normalize(embedded.float(), dim=-1)
+                if self.appearance is not None:
+                    embeddings = torch.cat([embeddings, self._appearance_block([segments[i] for i in chunk])], dim=1)
                 for i, vector in zip(chunk, embeddings.cpu(), strict=True):
                     vectors[i] = vector
                 progress.update(len(chunk))
         progress.close()
         if not vectors:
-            dim = self.backbone.hf_model.config.get_text_config().hidden_size
-            result = torch.empty((0, dim))
+            result = torch.empty((0, self.dims))
         else:
             result = torch.stack(vectors)
         return result.numpy() if convert_to_numpy else result
+
+
+    def _appearance_block(self, items: list[list[Segment]]) -> torch.Tensor:
+        """The channel's block of each item: from the mean global trunk feature of its images (the
+        feature cache has them from the forward pass just run, under the same precision)."""
+        features = np.zeros((len(items), self.appearance.mean.shape[0]), np.float32)
+        has_image = np.zeros(len(items), bool)
+        for row, segments in enumerate(items):
+            images = [s for s in segments if isinstance(s, Image.Image)]
+            if images:
+                cached = self.backbone.feature_cache.get_many(self.backbone.hf_model, images)
+                features[row] = cached[:, 0].mean(dim=0).numpy()  # token 0: the global mean
+                has_image[row] = True
+        return torch.from_numpy(self.appearance.vectors(features, has_image))
 
 
 def _per_item(instruction, count: int) -> list[str | None]:

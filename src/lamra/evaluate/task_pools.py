@@ -13,7 +13,7 @@ from lamra.data.mbeir_items import candidate_item
 from lamra.evaluate.queries import modalities_of
 from lamra.evaluate.report import safe_name
 from lamra.evaluate.tasks import EvalTask
-from lamra.index import VectorIndex, encode_in_batches, load_or_build_index
+from lamra.index import VectorIndex, encode_in_batches, load_or_build_index, similarity_of
 
 MIN_APPROXIMATE_POOL = 10_000  # pools smaller than this are searched exactly whatever index_type says
 
@@ -71,17 +71,18 @@ class TaskPools:
 
         # approximate search only pays off on large pools: small (local) pools stay exact
         index_type = self.index_type if len(ids) >= MIN_APPROXIMATE_POOL else "flat"
+        similarity = similarity_of(self.encoder)
         start = time.perf_counter()
         if self.index_dir is not None:
             directory = Path(self.index_dir) / safe_name(self.model_name) / path.stem
             index = load_or_build_index(encode, items, ids, directory, model_name=self.model_name,
                                         pool_path=path, batch_size=self.batch_size, index_type=index_type,
-                                        show_progress=self.show_progress)
+                                        show_progress=self.show_progress, similarity=similarity)
             self.candidate_vectors.update(zip(index.ids, index.vectors))  # rows of a loaded index: views
         else:
-            vectors = encode_in_batches(encode, items, batch_size=self.batch_size,
-                                        show_progress=self.show_progress, desc=f"encoding {path.stem}")
+            vectors = encode_in_batches(encode, items, batch_size=self.batch_size, show_progress=self.show_progress,
+                                        desc=f"encoding {path.stem}", similarity=similarity)
             index = VectorIndex.from_vectors(vectors, ids, model_name=self.model_name, index_type=index_type,
-                                             assume_normalised=True)
+                                             assume_normalised=True, similarity=similarity)
         self.indexes[path] = (index, time.perf_counter() - start)
         return self.indexes[path]

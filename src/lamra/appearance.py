@@ -1,0 +1,96 @@
+"""The appearance channel: what the frozen image tower says about how alike two images look.
+
+The compact LMM learns its training concepts and carries over little of what its EfficientNet trunk
+knows about appearance to concepts it never saw (``docs/training/notes.md``: on EmojiVendor's unseen
+concepts the trunk's own mean-pooled features beat LamRA-Ret, 47.5 vs 44.8 R@5, and the two scores
+summed beat both). The channel puts that knowledge into the embedding itself, as UniIR's score fusion
+adds a frozen tower's embeddings: each item's vector is ``[LMM embedding, sqrt(w) * a]``, where ``a``
+is the unit-length PCA projection of the mean of its images' global trunk features (zeros for an item
+without an image). The inner product of two such vectors is
+
+    LMM cosine + w * appearance cosine   (the second term only when both items hold an image),
+
+so text-to-text, text-to-image and image-to-text scores are exactly the LMM's, and image-to-image
+ones add how alike the pictures look. The rows are not unit length: such a model ranks by inner
+product (``similarity == "dot"``), and indexes built from it keep the vectors as they are.
+
+The mean and components come from the training images only (``fit``); ``w`` is chosen on val
+(``scripts/fit_appearance.py``). Stored beside the adapters as ``appearance.safetensors``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from lamra.atomic_io import atomic_write
+
+APPEARANCE_FILE = "appearance.safetensors"
+
+
+@dataclass(frozen=True)
+class AppearanceChannel:
+    """PCA of global trunk features (``mean`` (F,), ``components`` (k, F), orthonormal rows) and the
+    weight ``w`` of the appearance cosine in the score."""
+
+    mean: np.ndarray
+    components: np.ndarray
+    weight: float
+
+    def __post_init__(self):
+        if self.mean.ndim != 1 or self.components.ndim != 2 or self.components.shape[1] != self.mean.shape[0]:
+            raise ValueError(f"appearance channel: mean {self.mean.shape} and components {self.components.shape} disagree")
+        if not np.isfinite(self.weight) or self.weight < 0:
+            raise ValueError(f"appearance channel: weight must be a finite number >= 0, got {self.weight}")
+
+    @property
+    def dims(self) -> int:
+        return int(self.components.shape[0])
+
+    @classmethod
+    def fit(cls, features: np.ndarray, dims: int, weight: float = 1.0) -> AppearanceChannel:
+        """PCA of training images' global features (n, F): the top ``dims`` directions. Deterministic
+        (SVD; each component's sign fixed so its largest entry is positive)."""
+        features = np.asarray(features, np.float64)
+        if features.ndim != 2 or len(features) < 2:
+            raise ValueError(f"appearance channel: need at least 2 feature rows (n, F), got shape {features.shape}")
+        dims = min(dims, *features.shape)
+        mean = features.mean(axis=0)
+        _, _, vt = np.linalg.svd(features - mean, full_matrices=False)
+        components = vt[:dims]
+        signs = np.sign(components[np.arange(dims), np.abs(components).argmax(axis=1)])
+        return cls(mean.astype(np.float32), (components * signs[:, None]).astype(np.float32), float(weight))
+
+    def with_weight(self, weight: float) -> AppearanceChannel:
+        return AppearanceChannel(self.mean, self.components, float(weight))
+
+    def vectors(self, features: np.ndarray, has_image: np.ndarray) -> np.ndarray:
+        """``sqrt(w)`` times the unit projection of each row of ``features`` (n, F); zero rows where
+        ``has_image`` is False."""
+        projected = (np.asarray(features, np.float32) - self.mean) @ self.components.T
+        norms = np.linalg.norm(projected, axis=1, keepdims=True)
+        unit = np.divide(projected, norms, out=np.zeros_like(projected), where=norms > 0)
+        return (np.sqrt(self.weight) * unit * np.asarray(has_image, bool)[:, None]).astype(np.float32)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        tensors = {"mean": torch.from_numpy(self.mean), "components": torch.from_numpy(self.components)}
+        metadata = {"weight": repr(self.weight)}
+        return atomic_write(Path(path), lambda temp: save_file(tensors, str(temp), metadata=metadata))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> AppearanceChannel:
+        from safetensors import SafetensorError, safe_open
+
+        path = Path(path)
+        try:
+            with safe_open(str(path), "pt") as handle:
+                metadata = handle.metadata() or {}
+            tensors = load_file(str(path))
+            return cls(tensors["mean"].numpy(), tensors["components"].numpy(), float(metadata["weight"]))
+        except (OSError, KeyError, ValueError, RuntimeError, SafetensorError) as error:
+            raise ValueError(f"cannot read the appearance channel {path}: {error}") from None
