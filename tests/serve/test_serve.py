@@ -65,6 +65,7 @@ def test_bad_requests_get_clear_errors(client, body, message):
 def test_encode_endpoint(client):
     vectors = client.post("/encode", json={"items": [{"txt": "a"}, {"image": image_b64("1f436.png")}]}).json()
     assert len(vectors["embeddings"]) == 2 and len(vectors["embeddings"][0]) == 576
+    assert vectors["similarity"] == "cosine"  # no appearance channel on this model
     assert "item 1" in client.post("/encode", json={"items": [{"txt": "a"}, {}]}).json()["detail"]
 
 

@@ -3,7 +3,8 @@
 Endpoints:
 - ``GET  /``                  a search page (text and/or image query, optional rerank)
 - ``GET  /health``            model and collection sizes
-- ``POST /encode``            ``{"items": [{"txt": ..., "image": <base64>}], "instruction": ..., "role": "query"|"document"}`` -> vectors
+- ``POST /encode``            ``{"items": [{"txt": ..., "image": <base64>}], "instruction": ..., "role": "query"|"document"}``
+                              -> ``{"embeddings": [...], "similarity": "cosine"|"dot"}`` (how to compare them)
 - ``POST /search``            ``{"txt": ..., "image": <base64>, "top_k": 5, "rerank": null}`` -> hits
 - ``GET  /items/{n}/image``   a collection item's image
 
@@ -139,7 +140,7 @@ def create_app(model, collection: EmbeddedCollection, limits: ServerLimits = Ser
     @app.get("/health")
     def health() -> dict:
         return {"status": "ok", "items": len(collection.records), "dims": int(collection.vectors.shape[1]),
-                "backbone": model.backbone.kind, "reranker": model.has_reranker}
+                "backbone": model.backbone.kind, "reranker": model.has_reranker, "similarity": model.similarity}
 
     @app.post("/encode")
     def encode(body: dict) -> dict:
@@ -155,7 +156,7 @@ def create_app(model, collection: EmbeddedCollection, limits: ServerLimits = Ser
             vectors = model.encode(items, instruction=optional_string(body, "instruction"), role=role)
         except InputError as error:
             raise bad_input(error) from None
-        return {"embeddings": vectors.tolist()}
+        return {"embeddings": vectors.tolist(), "similarity": model.similarity}
 
     @app.post("/search")
     def search(body: dict) -> dict:
