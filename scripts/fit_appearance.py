@@ -4,9 +4,11 @@
 
 1. The PCA: the global trunk features of every training image of PocketBEIR (the train queries' images
    and their positive candidates'), nothing from val or test.
-2. The weight: every val query of every task against its task's full local pool, scored with the
-   channel at each weight of ``--grid`` (the model encodes each item once; the grid only rescales the
-   channel's block). The weight with the best average R@5 wins; a tie goes to the smaller weight.
+2. The whitening power and the weight: every val query of every task against its task's full local
+   pool, scored with the channel at each power of ``--whiten`` and weight of ``--grid`` (the model
+   encodes each item once; the grid only changes the channel's block). The pair with the best
+   average R@5 wins; a tie goes to the smaller weight.
+   ``--dims`` (the PCA components kept) is swept the same way.
 3. The channel is written into the package (``appearance.safetensors``, named in ``lamra.json``), and
    ``--page`` records the grid (val numbers only: test is for the results pages).
 
@@ -36,7 +38,10 @@ from lamra.items import load_image
 from lamra.light_checkpoint import set_appearance
 from lamra.retriever import autocast_for
 
-DEFAULT_GRID = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0, 3.0)
+DEFAULT_GRID = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 3.0)
+DEFAULT_WHITENING = (0.0, 0.5, 1.0)
+# At most 384: the shipped weights must stay within 30 MB (384 float16 components of 1,280: 1 MB).
+DEFAULT_DIMS = (128, 256, 384)
 
 
 def training_images(data_root: Path) -> list[str]:
@@ -63,89 +68,103 @@ def _records(path: Path):
         yield from (json.loads(line) for line in lines if line.strip())
 
 
-def global_features(model: LamRA, paths: list[str], image_root: Path, batch_size: int = 64) -> np.ndarray:
-    """The trunk's global (mean-pooled) feature of each image, through the model's feature cache."""
+def global_features(model: LamRA, paths: list[str], image_root: Path, batch_size: int = 64,
+                    progress: bool = True) -> np.ndarray:
+    """The trunk's global (mean-pooled) feature of each image, through the model's feature cache (the
+    same precision, so the same numbers, as ``Retriever`` gives the channel)."""
     backbone = model.backbone
     rows = []
     with autocast_for(backbone.device, model.precision, backbone.model):
-        for start in tqdm(range(0, len(paths), batch_size), desc="training images", unit="batch"):
+        for start in tqdm(range(0, len(paths), batch_size), desc="images", unit="batch", disable=not progress):
             images = [load_image(p, image_root) for p in paths[start : start + batch_size]]
             rows.append(backbone.feature_cache.get_many(backbone.hf_model, images)[:, 0].numpy())
     return np.concatenate(rows)
 
 
-class WeightedChannel:
-    """The model's vectors with the appearance block scaled to ``weight``; each item is encoded once
-    (at weight 1) and the block rescaled, so a grid of weights costs one encoding."""
+class ChannelSweep:
+    """LamRA-Ret's LMM vectors with the block of whichever ``channel`` is set appended. Each item's
+    LMM vector and trunk feature are computed once, so a grid of channels costs one encoding."""
 
     similarity = "dot"
 
     def __init__(self, model: LamRA):
-        self.model = model
-        self.lmm_dims = model.retriever.dims - model.retriever.appearance.dims
-        self.weight = 1.0
-        self._memo: dict[tuple, np.ndarray] = {}
+        self.model = model  # loaded without a channel
+        self.channel: AppearanceChannel | None = None
+        self._vectors: dict[tuple, np.ndarray] = {}
+        self._features: dict[str, np.ndarray] = {}
 
-    def encode(self, items, instruction=None, role: str = "query", **options) -> np.ndarray:
+    def encode(self, items, instruction=None, role: str = "query", image_root=None, **options) -> np.ndarray:
         instructions = instruction if isinstance(instruction, (list, tuple)) else [instruction] * len(items)
         keys = [(json.dumps(item, sort_keys=True, default=str), text, role) for item, text in zip(items, instructions)]
-        fresh = [row for row, key in enumerate(keys) if key not in self._memo]
+        fresh = [row for row, key in enumerate(keys) if key not in self._vectors]
         if fresh:
             vectors = self.model.encode([items[row] for row in fresh], instruction=[instructions[row] for row in fresh],
-                                        role=role, **options)
-            self._memo.update((keys[row], vector) for row, vector in zip(fresh, vectors))
-        vectors = np.stack([self._memo[key] for key in keys])
-        vectors[:, self.lmm_dims :] *= np.sqrt(self.weight)
-        return vectors
+                                        role=role, image_root=image_root, **options)
+            self._vectors.update((keys[row], vector) for row, vector in zip(fresh, vectors))
+        paths = [item.get("img_path") for item in items]  # evaluation items: one image at most
+        missing = sorted({p for p in paths if p and p not in self._features})
+        if missing:
+            self._features.update(zip(missing, global_features(self.model, missing, Path(image_root), progress=False)))
+        features = np.stack([self._features[p] if p else np.zeros_like(self.channel.mean) for p in paths])
+        block = self.channel.vectors(features, np.array([bool(p) for p in paths]))
+        return np.concatenate([np.stack([self._vectors[key] for key in keys]), block], axis=1)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="src/lamra/weights/compact", help="a light compact package")
     parser.add_argument("--data", type=Path, default=lamra_home() / "pocketbeir")
-    parser.add_argument("--dims", type=int, default=576, help="PCA components kept")
+    parser.add_argument("--dims", default=",".join(map(str, DEFAULT_DIMS)), help="PCA components kept, tried on val")
     parser.add_argument("--grid", default=",".join(map(str, DEFAULT_GRID)), help="weights tried on val")
+    parser.add_argument("--whiten", default=",".join(map(str, DEFAULT_WHITENING)), help="whitening powers tried on val")
     parser.add_argument("--page", default="results/appearance.md")
     parser.add_argument("--dry-run", action="store_true")
     args = parser.parse_args()
     grid = sorted(float(w) for w in args.grid.split(","))
+    whitenings = sorted(float(p) for p in args.whiten.split(","))
+    dims_grid = sorted(int(d) for d in args.dims.split(","))
 
     started = time.perf_counter()
     model = LamRA.from_pretrained(args.model, appearance=False)
     model.backbone.persist_features()
     paths = training_images(args.data)
-    channel = AppearanceChannel.fit(global_features(model, paths, args.data), args.dims)
-    model.backbone.feature_cache.flush()
-    print(f"PCA of {len(paths)} training images: {channel.dims} components")
+    features = global_features(model, paths, args.data)
+    print(f"PCA of {len(paths)} training images: components {dims_grid}, whitening powers {whitenings}")
 
-    model.retriever.appearance = channel  # weight 1; the sweep rescales
-    encoder = WeightedChannel(model)
-    averages, rows = {}, []
-    for weight in grid:
-        encoder.weight = weight
-        report = evaluate_mbeir(encoder, args.data, split="val", pools=("local",), method=f"w = {weight:g}",
-                                show_progress=weight == grid[0])
-        recalls = {r.task.dataset: 100 * r.metrics["R@5"] for r in report.results}
-        averages[weight] = float(np.mean(list(recalls.values())))
-        rows.append((weight, recalls))
-        print(f"w = {weight:g}: val average R@5 {averages[weight]:.1f}", flush=True)
-    best = max(grid, key=lambda w: (round(averages[w], 6), -w))
-    tasks = list(rows[0][1])
-    table = markdown_table(["w", *(DISPLAY_NAMES.get(t, t) for t in tasks), "Avg"], [
-        [f"**{w:g}**" if w == best else f"{w:g}", *(f"{recalls[t]:.1f}" for t in tasks), f"{averages[w]:.1f}"]
-        for w, recalls in rows])
-    page = (f"# LamRA-Ret's appearance channel: the weight chosen on val\n\n"
+    encoder = ChannelSweep(model)
+    rows, tasks = {}, None
+    for dims in dims_grid:
+        for whiten in whitenings:
+            fitted = AppearanceChannel.fit(features, dims, whiten=whiten)
+            for weight in grid:
+                if weight == 0.0 and rows:  # w = 0 is the LMM alone, whatever the PCA: measured once
+                    continue
+                encoder.channel = fitted.with_weight(weight)
+                report = evaluate_mbeir(encoder, args.data, split="val", pools=("local",), show_progress=not rows)
+                recalls = {r.task.dataset: 100 * r.metrics["R@5"] for r in report.results}
+                tasks = tasks or list(recalls)
+                rows[dims, whiten, weight] = (recalls, float(np.mean(list(recalls.values()))))
+                print(f"{dims} components, whitening {whiten:g}, w = {weight:g}: "
+                      f"val average R@5 {rows[dims, whiten, weight][1]:.1f}", flush=True)
+    model.backbone.feature_cache.flush()
+    # best average; ties go to the smaller weight, then the weaker whitening, then fewer components
+    best = max(rows, key=lambda key: (round(rows[key][1], 6), -key[2], -key[1], -key[0]))
+    table = markdown_table(["components", "whitening", "w", *(DISPLAY_NAMES.get(t, t) for t in tasks), "Avg"], [
+        [*(f"**{v:g}**" if key == best else f"{v:g}" for v in key), *(f"{recalls[t]:.1f}" for t in tasks), f"{average:.1f}"]
+        for key, (recalls, average) in rows.items()])
+    page = (f"# LamRA-Ret's appearance channel: components, whitening and weight chosen on val\n\n"
             f"Val split, every query, each task's full local pool; R@5 x100. w = 0 is the LMM embedding alone. "
-            f"PCA of {len(paths)} training images' global trunk features, {channel.dims} components. "
-            f"Chosen: w = {best:g} (best average; ties go to the smaller weight). Test numbers are on "
-            f"`results/pocketbeir.md`.\n\n{table}\n")
+            f"PCA of {len(paths)} training images' global trunk features, each component divided by its standard "
+            f"deviation to the whitening power. Chosen: {best[0]} components, whitening {best[1]:g}, w = {best[2]:g} "
+            f"(best average; ties go to the smaller weight, the weaker whitening, fewer components). Test numbers "
+            f"are on `results/pocketbeir.md`.\n\n{table}\n")
     print(page)
     if args.dry_run:
         return
-    set_appearance(args.model, channel.with_weight(best))
+    set_appearance(args.model, AppearanceChannel.fit(features, best[0], weight=best[2], whiten=best[1]))
     command = ".venv/bin/python scripts/fit_appearance.py" + (f" --model {args.model}" if args.model != parser.get_default("model") else "")
     write_markdown(args.page, command, page)
-    print(f"wrote the channel (w = {best:g}) into {args.model} and {args.page}; {time.perf_counter() - started:.0f} s")
+    print(f"wrote the channel into {args.model} and {args.page}; {time.perf_counter() - started:.0f} s")
 
 
 if __name__ == "__main__":

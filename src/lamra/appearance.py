@@ -14,8 +14,11 @@ so text-to-text, text-to-image and image-to-text scores are exactly the LMM's, a
 ones add how alike the pictures look. The rows are not unit length: such a model ranks by inner
 product (``similarity == "dot"``), and indexes built from it keep the vectors as they are.
 
-The mean and components come from the training images only (``fit``); ``w`` is chosen on val
-(``scripts/fit_appearance.py``). Stored beside the adapters as ``appearance.safetensors``.
+The mean, components and their scales come from the training images only (``fit``: PCA, optionally
+whitened, as CNN image descriptors are in instance retrieval: each component divided by a power of
+its standard deviation, so a few dominant directions stop deciding every comparison); the whitening
+power and ``w`` are chosen on val (``scripts/fit_appearance.py``). Stored beside the adapters as
+``appearance.safetensors``.
 """
 
 from __future__ import annotations
@@ -35,16 +38,20 @@ APPEARANCE_FILE = "appearance.safetensors"
 
 @dataclass(frozen=True)
 class AppearanceChannel:
-    """PCA of global trunk features (``mean`` (F,), ``components`` (k, F), orthonormal rows) and the
-    weight ``w`` of the appearance cosine in the score."""
+    """PCA of global trunk features (``mean`` (F,), ``components`` (k, F), orthonormal rows, each
+    projection multiplied by its ``scales`` entry (k,): ones, or the whitening) and the weight ``w``
+    of the appearance cosine in the score."""
 
     mean: np.ndarray
     components: np.ndarray
+    scales: np.ndarray
     weight: float
 
     def __post_init__(self):
         if self.mean.ndim != 1 or self.components.ndim != 2 or self.components.shape[1] != self.mean.shape[0]:
             raise ValueError(f"appearance channel: mean {self.mean.shape} and components {self.components.shape} disagree")
+        if self.scales.shape != (self.components.shape[0],) or not np.all(np.isfinite(self.scales)):
+            raise ValueError(f"appearance channel: scales {self.scales.shape} for {self.components.shape[0]} components")
         if not np.isfinite(self.weight) or self.weight < 0:
             raise ValueError(f"appearance channel: weight must be a finite number >= 0, got {self.weight}")
 
@@ -53,32 +60,39 @@ class AppearanceChannel:
         return int(self.components.shape[0])
 
     @classmethod
-    def fit(cls, features: np.ndarray, dims: int, weight: float = 1.0) -> AppearanceChannel:
-        """PCA of training images' global features (n, F): the top ``dims`` directions. Deterministic
-        (SVD; each component's sign fixed so its largest entry is positive)."""
+    def fit(cls, features: np.ndarray, dims: int, weight: float = 1.0, whiten: float = 0.0) -> AppearanceChannel:
+        """PCA of training images' global features (n, F): the top ``dims`` directions, each projection
+        divided by its standard deviation to the power ``whiten`` (0: plain PCA, 1: full whitening).
+        Deterministic (SVD; each component's sign fixed so its largest entry is positive)."""
         features = np.asarray(features, np.float64)
         if features.ndim != 2 or len(features) < 2:
             raise ValueError(f"appearance channel: need at least 2 feature rows (n, F), got shape {features.shape}")
         dims = min(dims, *features.shape)
         mean = features.mean(axis=0)
-        _, _, vt = np.linalg.svd(features - mean, full_matrices=False)
+        _, singular, vt = np.linalg.svd(features - mean, full_matrices=False)
         components = vt[:dims]
         signs = np.sign(components[np.arange(dims), np.abs(components).argmax(axis=1)])
-        return cls(mean.astype(np.float32), (components * signs[:, None]).astype(np.float32), float(weight))
+        deviation = singular[:dims] / np.sqrt(len(features) - 1)
+        scales = np.maximum(deviation, deviation[0] * 1e-6) ** -float(whiten)  # floor: no division by zero
+        # Components are stored in float16 (the shipped weights have a size budget); rounded here
+        # already, so the channel that is measured is the one that is saved.
+        components = (components * signs[:, None]).astype(np.float16).astype(np.float32)
+        return cls(mean.astype(np.float32), components, scales.astype(np.float32), float(weight))
 
     def with_weight(self, weight: float) -> AppearanceChannel:
-        return AppearanceChannel(self.mean, self.components, float(weight))
+        return AppearanceChannel(self.mean, self.components, self.scales, float(weight))
 
     def vectors(self, features: np.ndarray, has_image: np.ndarray) -> np.ndarray:
         """``sqrt(w)`` times the unit projection of each row of ``features`` (n, F); zero rows where
         ``has_image`` is False."""
-        projected = (np.asarray(features, np.float32) - self.mean) @ self.components.T
+        projected = ((np.asarray(features, np.float32) - self.mean) @ self.components.T) * self.scales
         norms = np.linalg.norm(projected, axis=1, keepdims=True)
         unit = np.divide(projected, norms, out=np.zeros_like(projected), where=norms > 0)
         return (np.sqrt(self.weight) * unit * np.asarray(has_image, bool)[:, None]).astype(np.float32)
 
     def save(self, path: str | os.PathLike) -> Path:
-        tensors = {"mean": torch.from_numpy(self.mean), "components": torch.from_numpy(self.components)}
+        tensors = {"mean": torch.from_numpy(self.mean), "components": torch.from_numpy(self.components).half(),
+                   "scales": torch.from_numpy(self.scales)}
         metadata = {"weight": repr(self.weight)}
         return atomic_write(Path(path), lambda temp: save_file(tensors, str(temp), metadata=metadata))
 
@@ -91,6 +105,7 @@ class AppearanceChannel:
             with safe_open(str(path), "pt") as handle:
                 metadata = handle.metadata() or {}
             tensors = load_file(str(path))
-            return cls(tensors["mean"].numpy(), tensors["components"].numpy(), float(metadata["weight"]))
+            return cls(tensors["mean"].numpy(), tensors["components"].float().numpy(), tensors["scales"].numpy(),
+                       float(metadata["weight"]))
         except (OSError, KeyError, ValueError, RuntimeError, SafetensorError) as error:
             raise ValueError(f"cannot read the appearance channel {path}: {error}") from None

@@ -168,11 +168,10 @@ class LamRA:
         elif light_source is not None:
             from lamra.light_checkpoint import has_rank_adapter, roles_share_weights
 
-            source = light_source
-            if roles_share_weights(source):  # one model for both jobs: no second copy
+            if roles_share_weights(light_source):  # one model for both jobs: no second copy
                 rank_backbone = backbone
-            elif has_rank_adapter(source):  # loaded on first use: encode and search alone do not need it
-                rank_backbone = functools.partial(load_backbone, source, device=device, dtype=dtype, role="rank")
+            elif has_rank_adapter(light_source):  # loaded on first use: encode and search alone do not need it
+                rank_backbone = functools.partial(load_backbone, light_source, device=device, dtype=dtype, role="rank")
         return cls(backbone, rank_backbone, precision=precision, appearance=channel)
 
     # --- LamRA-Ret -------------------------------------------------------------------------------
@@ -187,7 +186,8 @@ class LamRA:
         role: str = "query",
     ) -> np.ndarray:
         """Embed strings, images (PIL or ``pathlib.Path``), (text, image) pairs, M-BEIR records and
-        interleaved lists; L2-normalised float32 rows in input order. ``instruction`` (one, or one
+        interleaved lists; float32 rows in input order, compared by ``similarity`` (L2-normalised
+        unless the model has an appearance channel). ``instruction`` (one, or one
         per item) is prefixed to each item's text, as LamRA does for queries. ``role`` "document"
         (candidates, a corpus) applies the document length limit of ``retriever.truncation``."""
         return self.retriever.encode(
