@@ -73,12 +73,15 @@ EncodeFn = Callable[[Sequence[Any]], np.ndarray]
 SIMILARITIES = ("cosine", "dot")
 
 
-def similarity_of(encoder: Any) -> str:
-    """How an encoder's vectors are compared: its ``similarity`` attribute, "cosine" when it has none."""
-    similarity = getattr(encoder, "similarity", "cosine")
+def check_similarity(similarity: str) -> str:
     if similarity not in SIMILARITIES:
         raise ValueError(f"similarity must be one of {SIMILARITIES}, got {similarity!r}")
     return similarity
+
+
+def similarity_of(encoder: Any) -> str:
+    """How an encoder's vectors are compared: its ``similarity`` attribute, "cosine" when it has none."""
+    return check_similarity(getattr(encoder, "similarity", "cosine"))
 
 
 class IndexFileError(RuntimeError):
@@ -110,9 +113,7 @@ def ids_fingerprint(ids: Sequence[str]) -> str:
 
 def prepare_vectors(vectors: np.ndarray, similarity: str = "cosine", what: str = "vectors") -> np.ndarray:
     """Float32 rows ready to index: unit rows for "cosine", checked but unchanged for "dot"."""
-    if similarity not in SIMILARITIES:
-        raise ValueError(f"similarity must be one of {SIMILARITIES}, got {similarity!r}")
-    if similarity == "cosine":
+    if check_similarity(similarity) == "cosine":
         return l2_normalise(vectors, what)
     vectors = _checked_rows(vectors, what)
     if vectors.shape[0] and float(np.abs(vectors).sum(axis=1).min()) == 0.0:
@@ -249,8 +250,7 @@ class VectorIndex:
         ...) or a FAISS factory string; ``search`` overrides its search parameters (``{"nprobe": 32}``, ``{"efSearch": 256}``)."""
         ids = [str(did) for did in ids]
         _refuse_duplicate_ids(ids)
-        if similarity not in SIMILARITIES:
-            raise ValueError(f"similarity must be one of {SIMILARITIES}, got {similarity!r}")
+        check_similarity(similarity)
         if not assume_normalised:
             vectors = prepare_vectors(vectors, similarity, "candidate embeddings")
         if pool_path is not None and pool_fingerprint is None:

@@ -29,7 +29,9 @@ import numpy as np
 
 from lamra.atomic_io import atomic_write
 from lamra.data.mbeir import candidate_from_dict, read_jsonl
-from lamra.index import IndexFileError, StaleIndexError, VectorIndex, file_fingerprint, ids_fingerprint, prepare_vectors, similarity_of
+from lamra.index import (
+    IndexFileError, StaleIndexError, VectorIndex, file_fingerprint, ids_fingerprint, prepare_vectors, similarity_of,
+)
 from lamra.items import InputError
 
 SHARD_PREFIX = "shard-"
