@@ -3,8 +3,9 @@
 The compact LMM learns its training concepts and carries over little of what its EfficientNet trunk
 knows about appearance to concepts it never saw (``docs/training/notes.md``: on EmojiVendor's unseen
 concepts the trunk's own mean-pooled features beat LamRA-Ret, 47.5 vs 44.8 R@5, and the two scores
-summed beat both). The channel puts that knowledge into the embedding itself, as UniIR's score fusion
-adds a frozen tower's embeddings: each item's vector is ``[LMM embedding, sqrt(w) * a]``, where ``a``
+summed beat both). The channel puts that knowledge into the embedding itself, a late fusion of two
+similarities in one inner product (in the spirit of UniIR's score-level fusion): each item's vector
+is ``[LMM embedding, sqrt(w) * a]``, where ``a``
 is the unit-length PCA projection of the mean of its images' global trunk features (zeros for an item
 without an image). The inner product of two such vectors is
 
