@@ -77,7 +77,7 @@ def global_features(model: LamRA, paths: list[str], image_root: Path, batch_size
     with autocast_for(backbone.device, model.precision, backbone.model):
         for start in tqdm(range(0, len(paths), batch_size), desc="images", unit="batch", disable=not progress):
             images = [load_image(p, image_root) for p in paths[start : start + batch_size]]
-            rows.append(backbone.feature_cache.get_many(backbone.hf_model, images)[:, 0].numpy())
+            rows.append(backbone.global_image_features(images).numpy())
     return np.concatenate(rows)
 
 

@@ -216,14 +216,17 @@ class Retriever:
     def _appearance_block(self, items: list[list[Segment]]) -> torch.Tensor:
         """The channel's block of each item: from the mean global trunk feature of its images (the
         feature cache has them from the forward pass just run, under the same precision)."""
+        images_of = [[s for s in segments if isinstance(s, Image.Image)] for segments in items]
         features = np.zeros((len(items), self.appearance.mean.shape[0]), np.float32)
-        has_image = np.zeros(len(items), bool)
-        for row, segments in enumerate(items):
-            images = [s for s in segments if isinstance(s, Image.Image)]
-            if images:
-                cached = self.backbone.feature_cache.get_many(self.backbone.hf_model, images)
-                features[row] = cached[:, 0].mean(dim=0).numpy()  # token 0: the global mean
-                has_image[row] = True
+        every_image = [image for images in images_of for image in images]
+        if every_image:  # one cache lookup for the whole chunk
+            found = self.backbone.global_image_features(every_image).numpy()
+            start = 0
+            for row, images in enumerate(images_of):
+                if images:
+                    features[row] = found[start : start + len(images)].mean(axis=0)
+                    start += len(images)
+        has_image = np.array([bool(images) for images in images_of])
         return torch.from_numpy(self.appearance.vectors(features, has_image))
 
 

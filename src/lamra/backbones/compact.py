@@ -187,6 +187,13 @@ class CompactBackbone(Backbone):
         layout = f"{config.vision_model_name}-grid{config.image_grid}{'-global' if config.global_image_token else ''}"
         return self.feature_cache.persist_to(folder or lamra_home() / "vision-features", layout)
 
+    def global_image_features(self, images: list[Image.Image]) -> torch.Tensor:
+        """The trunk's global (mean-pooled) feature of each image, (n, 1280), through the feature cache
+        (under the caller's autocast, as the forward pass computes it). Needs the global image token."""
+        if not self.hf_model.config.global_image_token:
+            raise ValueError("global image features need a compact model with the global image token")
+        return self.feature_cache.get_many(self.hf_model, images)[:, 0]  # token 0: the global mean
+
     @property
     def lora_target_modules(self) -> str:
         return r".*language_model\.model\.layers\.\d+\.(self_attn|mlp)\.\w+_proj"
