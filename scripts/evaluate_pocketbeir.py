@@ -91,6 +91,13 @@ def load_encoder(key: str):
 def run_method(key: str) -> None:
     name = METHOD_KEYS[key]
     out = OUT / name.replace(" ", "_").replace(",", "")
+    checkpoint = CHECKPOINTS.get(name)
+    if checkpoint and not Path(checkpoint).exists():  # e.g. a stage trained on another machine
+        if (out / "results.json").is_file():
+            print(f"{name}: {checkpoint} is not on this machine; its earlier results stay ({out})")
+            return
+        sys.exit(f"{name}: {checkpoint} is not on this machine and has no earlier results: train it first "
+                 "(scripts/train_compact.sh)")
     if finished(out, model_name(name)):
         print(f"{name}: done already ({out})")
         return
