@@ -1,7 +1,8 @@
 """Reranking cost per query with the shipped compact LamRA-Rank (the paper's Table 8, in seconds).
 
 Pointwise over the top 10 and top 50, each with the per-candidate prompts and with the shared prefix
-(the query part run once, its key/value cache reused), for three queries: the demo's bare text
+(the query part run once per pass, packed with the candidates into one sequence,
+``CompactBackbone.last_hidden_with_shared_prefix``), for three queries: the demo's bare text
 query; the same text as an evaluation sends it to the reranker (the task instruction joined in front,
 ``rerank_query_item``); and an image query with its instruction (the demo's Twitter cat, EmojiVendor's
 first instruction). What the shared prefix saves grows with the query part of the prompt, so the

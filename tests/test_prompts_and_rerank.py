@@ -18,6 +18,7 @@ from lamra.prompts import (
     listwise_messages,
     pointwise_messages,
 )
+from lamra.backbones.compact import pack_rows
 from lamra.reranker import Reranker, fuse
 
 
@@ -107,14 +108,28 @@ def test_shared_prefix_scores_equal_the_per_candidate_run(reranker, images):
     images_only = [[images[0]], [images[1]], [images[0].rotate(90)]]  # same placeholder ids, other pixels
     for query in (["a red square"], [images[0]], [images[1], "the same shape"]):
         whole = reranker.pointwise(query, candidates, batch_size=2, shared_prefix=False)
-        shared = reranker.pointwise(query, candidates, batch_size=2, shared_prefix=True)  # several chunks
+        shared = reranker.pointwise(query, candidates, shared_prefix=True)  # one packed pass
         np.testing.assert_allclose(shared, whole, atol=1e-4)
         assert np.ptp(whole) > 1e-3  # the candidates really score differently
+        conversations = [pointwise_messages(query, candidate) for candidate in candidates]
+        longest = int(reranker.backbone.build_inputs(conversations, add_generation_prompt=True)["attention_mask"]
+                      .sum(dim=1).max())
+        with torch.no_grad():
+            one_pass = reranker.backbone.last_hidden_with_shared_prefix(conversations)
+            for budget in (1, longest + 4):  # a pass per candidate; passes of one to a few candidates
+                several = reranker.backbone.last_hidden_with_shared_prefix(conversations, max_tokens=budget)
+                torch.testing.assert_close(several, one_pass, atol=1e-4, rtol=0)
         single = reranker.pointwise(query, candidates[:1], shared_prefix=True)  # the prefix is all but one token
         np.testing.assert_allclose(single, whole[:1], atol=1e-4)
         whole = reranker.pointwise(query, images_only, shared_prefix=False)
         np.testing.assert_allclose(reranker.pointwise(query, images_only, shared_prefix=True), whole, atol=1e-4)
         assert np.ptp(whole) > 1e-4
+
+
+def test_pack_rows_fills_each_pass_up_to_its_budget():
+    assert pack_rows([3, 3, 3, 10, 1], 6) == [[0, 1], [2], [3], [4]]
+    assert pack_rows([2, 2], 0) == [[0], [1]]
+    assert pack_rows([], 6) == []
 
 
 def test_listwise_scores_are_softmax_over_serial_numbers(compact_backbone, reranker):

@@ -97,8 +97,8 @@ class Reranker:
         shared_prefix: bool | None = None,
     ) -> np.ndarray:
         """P("Yes") for each candidate, restricted to {Yes, No}. ``shared_prefix`` (default: when the
-        backbone can) runs the query part of the prompt once and reuses its key/value cache for
-        every candidate: the same scores, fewer tokens through the model."""
+        backbone can) runs the query part of the prompt once for many candidates, packed with them
+        into one sequence: the same scores, fewer tokens through the model."""
         if not candidates:
             return np.zeros(0, np.float32)
         query = self._cut(query)
@@ -107,7 +107,7 @@ class Reranker:
             shared_prefix = hasattr(self.backbone, "last_hidden_with_shared_prefix")
         if shared_prefix:
             with autocast_for(self.backbone.device, self.precision, self.backbone.model):
-                hidden = self.backbone.last_hidden_with_shared_prefix(conversations, chunk_size=batch_size)
+                hidden = self.backbone.last_hidden_with_shared_prefix(conversations)
             logits = self.backbone.logits_at(hidden, fp32=True)
         else:
             logits = torch.cat([self._next_token_logits(conversations[start : start + batch_size])
