@@ -186,7 +186,9 @@ def write_page(models: Models, val_queries: int | None = None) -> None:
              f"cores. Models: {source}. Fusion `retrieval + w * rerank`, w per task chosen on val "
              f"({val_scope(val_queries)}) from the grid "
              f"{list(DEFAULT_WEIGHT_GRID)}: pointwise on R@5, listwise on R@1 (reordering the top 5 cannot "
-             "move R@5). w = 0 is retrieval alone; a tie on val goes to the smallest w.")
+             "move R@5). w = 0 is retrieval alone; a tie on val goes to the smallest w. The LamRA-Ret row is "
+             "this run's own retrieval: under bf16 autocast, a machine's CPU and its batches move a task's "
+             "R@5 by a few queries from `results/pocketbeir.md`'s.")
     methods = [m for m in (RETRIEVAL, POINTWISE, LISTWISE, SLIDING) if any(r["method"] == m for r in results)]
     page = results_page(results, title="LamRA-Ret + LamRA-Rank (PocketBEIR full test split)", pools=("local",),
                         methods=methods, speed_methods=methods, notes=notes)
