@@ -1,7 +1,8 @@
 """Evaluate the compact LamRA stages and the baselines on the full PocketBEIR test split; write the pages.
 
     .venv/bin/python scripts/evaluate_pocketbeir.py all          # every row below, then the pages
-    .venv/bin/python scripts/evaluate_pocketbeir.py method NAME  # one row: base, stage1, ret, minilm, vision
+    .venv/bin/python scripts/evaluate_pocketbeir.py method NAME  # one row: base, stage1, ret-lmm, ret, ret-fp32,
+                                                                 # minilm, vision
     .venv/bin/python scripts/evaluate_pocketbeir.py instructions # LamRA-Ret without / with new instructions
     .venv/bin/python scripts/evaluate_pocketbeir.py pages        # results/{pocketbeir,stages,instructions}.md
 
@@ -39,6 +40,10 @@ CHECKPOINTS = {
 }
 # The shipped LamRA-Ret without its appearance channel (lamra.appearance): the LMM embedding alone.
 LMM_ONLY = "LamRA-Ret, LMM embedding only"
+# The shipped LamRA-Ret computed in float32: the reproducible reference. The other rows use bf16 autocast
+# (the default, 3x faster here), whose last bits depend on the CPU's kernels and the batches, so they
+# move by a few queries a task between machines; in fp32 neither matters beyond float32's last bits.
+FP32 = "LamRA-Ret, fp32"
 INDEX_DIR = Path("runs/eval-index")
 # The instruction study: the task's own instructions (the main row), none, and paraphrases written for
 # the test only (never trained on).
@@ -47,7 +52,7 @@ INSTRUCTION_ROWS = {"LamRA-Ret, no instruction": ("none", None),
                     "LamRA-Ret, held-out paraphrase": ("first", HELDOUT_INSTRUCTIONS)}
 BASELINES = {"minilm": "all-MiniLM-L6-v2", "vision": "EfficientNet-Lite0 trunk"}
 METHOD_KEYS = {"base": "Base (stage 0 only)", "stage1": "Stage 1 only", "ret-lmm": LMM_ONLY, "ret": "LamRA-Ret",
-               **BASELINES}
+               "ret-fp32": FP32, **BASELINES}
 
 
 def data_root() -> Path:
@@ -58,6 +63,8 @@ def model_name(name: str) -> str:
     """The name a method's results are stored under: a checkpoint's carries its weights' digest."""
     if name == LMM_ONLY:  # the digest of what it computes with: the package less its channel
         return f"LamRA-Ret@{role_digest(CHECKPOINTS['LamRA-Ret'], appearance=False)}"
+    if name == FP32:  # its own pool indexes: fp32 vectors
+        return f"LamRA-Ret@{role_digest(CHECKPOINTS['LamRA-Ret'])}-fp32"
     return f"{name}@{role_digest(CHECKPOINTS[name])}" if name in CHECKPOINTS else name
 
 
@@ -81,6 +88,8 @@ def load_encoder(key: str):
 
     if name == LMM_ONLY:
         model = LamRA.from_pretrained(CHECKPOINTS["LamRA-Ret"], appearance=False)
+    elif name == FP32:
+        model = LamRA.from_pretrained(CHECKPOINTS["LamRA-Ret"], precision="fp32")
     else:
         model = LamRA.from_pretrained(CHECKPOINTS[name])
     model.backbone.persist_features()
@@ -91,7 +100,7 @@ def load_encoder(key: str):
 def run_method(key: str) -> None:
     name = METHOD_KEYS[key]
     out = OUT / name.replace(" ", "_").replace(",", "")
-    checkpoint = CHECKPOINTS.get(name)
+    checkpoint = CHECKPOINTS.get("LamRA-Ret" if name in (LMM_ONLY, FP32) else name)
     if checkpoint and not Path(checkpoint).exists():  # e.g. a stage trained on another machine
         if (out / "results.json").is_file():
             print(f"{name}: {checkpoint} is not on this machine; its earlier results stay ({out})")
@@ -133,21 +142,27 @@ def write_pages() -> None:
             "model's own frozen EfficientNet-Lite0 trunk, mean-pooled, cosine (image-only tasks). LamRA-Ret is the "
             "shipped package: its LMM embedding plus its appearance channel (`lamra.appearance`: the trunk's "
             "global features, PCA'd on training images, weighted by a w chosen on val, `results/appearance.md`), "
-            "which adds to image-to-image scores only; the row above it is the LMM embedding alone.")
-    order = ["Base (stage 0 only)", "all-MiniLM-L6-v2", "EfficientNet-Lite0 trunk", LMM_ONLY, "LamRA-Ret"]
+            "which adds to image-to-image scores only; the row above it is the LMM embedding alone. "
+            "Under bf16 autocast a CPU's kernels and the batches change the last bits of every vector, so these "
+            "rows move by a few queries a task between machines.")
+    fp32_note = (" The fp32 row (the same weights in float32, 3x slower here) is the reference: in fp32 a vector's "
+                 "batch and the CPU change only float32's last bits.")
+    elsewhere = (" `results/pocketbeir.md` adds LamRA-Ret in fp32, the reference (in fp32 a vector's batch "
+                 "changes only float32's last bits).")
+    order = ["Base (stage 0 only)", "all-MiniLM-L6-v2", "EfficientNet-Lite0 trunk", LMM_ONLY, "LamRA-Ret", FP32]
     page = results_page([r for name in order for r in rows.get(name, [])],
                         title="PocketBEIR (full test split): retrieval", pools=("local", "global"),
-                        methods=[n for n in order if n in rows], notes=note)
+                        methods=[n for n in order if n in rows], notes=note + fp32_note)
     write_markdown("results/pocketbeir.md", COMMAND, page)
     stages = [n for n in [*list(CHECKPOINTS)[:-1], LMM_ONLY, "LamRA-Ret"] if n in rows]
     page = results_page([r for name in stages for r in rows[name]],
                         title="Compact LamRA by training stage (PocketBEIR full test split)",
-                        pools=("local", "global"), methods=stages, notes=note)
+                        pools=("local", "global"), methods=stages, notes=note + elsewhere)
     write_markdown("results/stages.md", COMMAND, page)
     study = [r for name in ["LamRA-Ret", *INSTRUCTION_ROWS] for r in _rows(name) if r["pool"] == "local"]
     page = results_page(study, title="LamRA-Ret with its task instructions, none, and held-out paraphrases",
                         pools=("local",), methods=[n for n in ["LamRA-Ret", *INSTRUCTION_ROWS] if _rows(n)],
-                        notes=note + f" Held-out paraphrases: `{HELDOUT_INSTRUCTIONS}` (one per task, written for "
+                        notes=note + elsewhere + f" Held-out paraphrases: `{HELDOUT_INSTRUCTIONS}` (one per task, written for "
                         "this test, never trained on); the main row draws from the task's own instructions.")
     write_markdown("results/instructions.md", COMMAND, page)
     print("wrote results/pocketbeir.md, results/stages.md and results/instructions.md")
