@@ -55,6 +55,7 @@ class EvaluationReport:
     model_name: str
     settings: dict[str, Any]
     results: list[TaskResult]
+    environment: dict[str, Any] = field(default_factory=dict)  # lamra.evaluate.environment
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -62,6 +63,7 @@ class EvaluationReport:
             "data_root": self.data_root,
             "model": self.model_name,
             "settings": self.settings,
+            "environment": self.environment,
             "results": [result.to_json() for result in self.results],
         }
 

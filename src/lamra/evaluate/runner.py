@@ -54,6 +54,7 @@ from lamra.evaluate.queries import (
     sample_queries,
     unsupported_modalities,
 )
+from lamra.evaluate.environment import evaluation_environment
 from lamra.evaluate.report import EvaluationReport, TaskResult, load_results, safe_name, write_report
 from lamra.evaluate.task_pools import TaskPools
 from lamra.evaluate.tasks import EvalTask, list_tasks, score_run
@@ -123,7 +124,7 @@ def evaluate_mbeir(
                 "queries_per_task": queries_per_task,
                 "rerankers": {r.name: {"top_k": r.top_k, "weights": dict(r.weights),
                                        "default_weight": r.default_weight} for r in rerankers}}
-    return EvaluationReport(split, str(data.root), model_name, settings, results)
+    return EvaluationReport(split, str(data.root), model_name, settings, results, evaluation_environment(encoder))
 
 
 def _evaluate_task_pool(encoder, cache: TaskPools, data: MBEIRDataset, task: EvalTask, pool: str, split: str,
