@@ -135,6 +135,16 @@ def test_diagnose_generalization_puts_training_recall_beside_the_split(pocketbei
     assert result.exit_code != 0 and "--generalization needs --queries-per-task >= 1" in result.output
 
 
+def test_eval_records_its_numerics_and_says_what_bf16_means(pocketbeir_fixture, tmp_path):
+    result = runner.invoke(app, ["eval", str(pocketbeir_fixture), "--tasks", "emojiqa", "--precision", "bf16",
+                                 "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    payload = json.loads((tmp_path / "LamRA-Ret" / "results.json").read_text())
+    assert payload["environment"]["numerics"] == "bf16 autocast"
+    assert [r["task"] for r in payload["results"]] == ["emojiqa_task8"] and payload["results"][0]["metrics"]["R@5"] >= 0
+    assert "note: computed in bf16 autocast" in result.output and "--precision fp32" in result.output
+
+
 def test_diagnose_rerank_prints_the_pairwise_auc_per_task(pocketbeir_fixture):
     root = pocketbeir_fixture
     result = runner.invoke(app, ["diagnose", str(root), "--rerank", "--queries-per-task", "3",
