@@ -2,7 +2,7 @@
 
 Endpoints:
 - ``GET  /``                  a search page (text and/or image query, optional rerank)
-- ``GET  /health``            model and collection sizes
+- ``GET  /health``            model, collection size, similarity and numerics (float32 / bf16 autocast)
 - ``POST /encode``            ``{"items": [{"txt": ..., "image": <base64>}], "instruction": ..., "role": "query"|"document"}``
                               -> ``{"embeddings": [...], "similarity": "cosine"|"dot"}`` (how to compare them)
 - ``POST /search``            ``{"txt": ..., "image": <base64>, "top_k": 5, "rerank": null}`` -> hits
@@ -28,6 +28,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from lamra.collection import EmbeddedCollection, record_id
+from lamra.evaluate.environment import numerics
 from lamra.items import MAX_IMAGE_PIXELS, InputError, check_image_size, load_image
 
 MAX_TOP_K = 100
@@ -140,7 +141,8 @@ def create_app(model, collection: EmbeddedCollection, limits: ServerLimits = Ser
     @app.get("/health")
     def health() -> dict:
         return {"status": "ok", "items": len(collection.records), "dims": int(collection.vectors.shape[1]),
-                "backbone": model.backbone.kind, "reranker": model.has_reranker, "similarity": model.similarity}
+                "backbone": model.backbone.kind, "reranker": model.has_reranker, "similarity": model.similarity,
+                "numerics": numerics(model)}
 
     @app.post("/encode")
     def encode(body: dict) -> dict:
