@@ -250,8 +250,9 @@ def evaluate(
         typer.echo(f"wrote {path}")
     from lamra.evaluate.environment import numerics
 
-    if (numerics(lamra) or "").startswith("bf16"):
-        typer.echo(f"note: computed in {numerics(lamra)}, whose last bits depend on the CPU and the batches: on "
+    computed_in = numerics(lamra) or ""
+    if computed_in.startswith("bf16"):
+        typer.echo(f"note: computed in {computed_in}, whose last bits depend on the CPU and the batches: on "
                    "another machine a task's recall may differ by a few queries. --precision fp32 gives the "
                    "reference numbers (about 3x slower on CPU).")
 

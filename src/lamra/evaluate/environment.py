@@ -35,10 +35,10 @@ def numerics(encoder: Any) -> str | None:
     backbone, precision = getattr(encoder, "backbone", None), getattr(encoder, "precision", None)
     if backbone is None or precision is None:
         return None
-    weights = next(backbone.model.parameters()).dtype
-    if precision == "fp32" or (precision == "auto" and not bf16_supported(backbone.device)):
-        return "float32" if weights == torch.float32 else f"{str(weights).removeprefix('torch.')} weights"
-    return "bf16 autocast" + ("" if weights == torch.float32 else f", {str(weights).removeprefix('torch.')} weights")
+    weights = str(next(backbone.model.parameters()).dtype).removeprefix("torch.")
+    autocast = precision == "bf16" or (precision == "auto" and bf16_supported(backbone.device))
+    parts = (["bf16 autocast"] if autocast else []) + ([] if weights == "float32" else [f"{weights} weights"])
+    return ", ".join(parts) or "float32"
 
 
 def library_versions() -> dict[str, str]:
