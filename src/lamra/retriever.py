@@ -38,14 +38,18 @@ def bf16_supported(device: torch.device) -> bool:
     return False
 
 
-def autocast_for(device: torch.device, precision: str, model: torch.nn.Module | None = None):
-    """``precision``: "fp32", "bf16" or "auto" (bf16 autocast where the hardware has it). With
-    ``model`` and gradients off (inference), its linear weights are cast to bf16 once instead of at
-    every call (``lamra.cast_once``: the same numbers, fewer copies)."""
+def uses_bf16_autocast(device: torch.device, precision: str) -> bool:
+    """``precision``: "fp32", "bf16" or "auto" (bf16 autocast where the hardware has it)."""
     if precision not in ("auto", "bf16", "fp32"):
         raise ValueError(f"precision must be 'auto', 'bf16' or 'fp32', got {precision!r}")
-    use_bf16 = precision == "bf16" or (precision == "auto" and bf16_supported(device))
-    if not use_bf16:
+    return precision == "bf16" or (precision == "auto" and bf16_supported(device))
+
+
+def autocast_for(device: torch.device, precision: str, model: torch.nn.Module | None = None):
+    """bf16 autocast when ``uses_bf16_autocast``, else nothing. With ``model`` and gradients off
+    (inference), its linear weights are cast to bf16 once instead of at every call
+    (``lamra.cast_once``: the same numbers, fewer copies)."""
+    if not uses_bf16_autocast(device, precision):
         return contextlib.nullcontext()
     if model is None or torch.is_grad_enabled():
         return torch.autocast(device.type, dtype=torch.bfloat16)

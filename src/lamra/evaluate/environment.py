@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from lamra.retriever import bf16_supported
+from lamra.retriever import uses_bf16_autocast
 
 LIBRARIES = ("lamra", "torch", "transformers", "peft", "faiss-cpu", "faiss-gpu", "numpy")
 
@@ -36,8 +36,9 @@ def numerics(encoder: Any) -> str | None:
     if backbone is None or precision is None:
         return None
     weights = str(next(backbone.model.parameters()).dtype).removeprefix("torch.")
-    autocast = precision == "bf16" or (precision == "auto" and bf16_supported(backbone.device))
-    parts = (["bf16 autocast"] if autocast else []) + ([] if weights == "float32" else [f"{weights} weights"])
+    parts = ["bf16 autocast"] if uses_bf16_autocast(backbone.device, precision) else []
+    if weights != "float32":
+        parts.append(f"{weights} weights")
     return ", ".join(parts) or "float32"
 
 
