@@ -22,7 +22,6 @@ import argparse
 import io
 import json
 import random
-import re
 import shutil
 from collections import defaultdict
 from pathlib import Path
@@ -30,6 +29,9 @@ from pathlib import Path
 import cairosvg
 from PIL import Image
 
+from lamra.data.mbeir import json_lines, write_jsonl
+from lamra.pocketbeir.build import words_of as words
+from lamra.pocketbeir.emoji import norm_code
 from lamra.pocketbeir.wordnet import WordNet
 
 HOME = Path.home() / ".cache" / "lamra"
@@ -38,17 +40,8 @@ WIKI_QUESTIONS_FALLBACK = ["What is this?"]
 NO_PASSAGE_SUBGROUPS = {"brand", "ui-element", "interaction"}
 
 
-def words(text: str) -> str:
-    return " ".join(re.findall(r"[a-z0-9]+", (text or "").lower()))
-
-
-def norm_code(code: str) -> str:
-    return "-".join(p for p in code.upper().split("-") if p != "FE0F")
-
-
 def read_jsonl(path: Path) -> list[dict]:
-    with open(path, encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle if line.strip()]
+    return [record for _, record in json_lines(path)]
 
 
 def render(svg: Path, out: Path, size: int = 64) -> None:
@@ -201,12 +194,8 @@ def main() -> None:
             shutil.copytree(pb / "images" / vendor, out / "images" / vendor)
     (out / "query/union_train").mkdir(parents=True, exist_ok=True)
     (out / "cand_pool/global").mkdir(parents=True, exist_ok=True)
-    with open(out / "query/union_train/mbeir_union_up_train.jsonl", "w", encoding="utf-8") as handle:
-        for record in queries + new_queries:
-            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-    with open(out / "cand_pool/global/mbeir_union_train_cand_pool.jsonl", "w", encoding="utf-8") as handle:
-        for record in pool + new_cands:
-            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+    write_jsonl(out / "query/union_train/mbeir_union_up_train.jsonl", queries + new_queries)
+    write_jsonl(out / "cand_pool/global/mbeir_union_train_cand_pool.jsonl", pool + new_cands)
     by_task = defaultdict(int)
     for q in new_queries:
         by_task[q["task_id"]] += 1

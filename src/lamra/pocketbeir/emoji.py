@@ -62,13 +62,14 @@ def _words(text: str) -> list[str]:
     return re.findall(r"[\w’'-]+", text.lower())
 
 
-def _norm(code: str) -> str:
+def norm_code(code: str) -> str:
+    """An emoji code without variation selectors, upper case (emoji-datasource and emojibase differ there)."""
     return code.upper().replace("-FE0F", "")
 
 
 def code_family(code: str) -> str:
     """Code points with gender signs dropped and man/woman turned into person (ZWJ sequences)."""
-    code = _ZWJ_GENDER.sub("", _norm(code))
+    code = _ZWJ_GENDER.sub("", norm_code(code))
     if "-200D-" in code:
         code = re.sub(r"\b(1F468|1F469)\b", "1F9D1", code)
     return code
@@ -93,9 +94,9 @@ def load_emoji(sources: str | os.PathLike, vendors: tuple[str, ...] = VENDORS) -
     base_data = find_package(sources, "emojibase-data")
     labels: dict[str, dict] = {}
     for entry in json.loads((base_data / "en" / "data.json").read_text(encoding="utf-8")):
-        labels[_norm(entry["hexcode"])] = entry
+        labels[norm_code(entry["hexcode"])] = entry
         for skin in entry.get("skins") or []:
-            labels[_norm(skin["hexcode"])] = {**skin, "tags": entry.get("tags", [])}
+            labels[norm_code(skin["hexcode"])] = {**skin, "tags": entry.get("tags", [])}
 
     per_vendor = {}
     for vendor, folder in folders.items():
@@ -115,7 +116,7 @@ def load_emoji(sources: str | os.PathLike, vendors: tuple[str, ...] = VENDORS) -
     for code, entry in first.items():
         if entry.get("category") == "Component" or any(code not in per_vendor[v] for v in vendors):
             continue
-        label = labels.get(_norm(code))
+        label = labels.get(norm_code(code))
         images = images_of(code, entry["image"])
         if label is None or images is None:
             continue
@@ -127,7 +128,7 @@ def load_emoji(sources: str | os.PathLike, vendors: tuple[str, ...] = VENDORS) -
         )
         emoji[code] = base
         for tone_key, variant in sorted((entry.get("skin_variations") or {}).items()):
-            vlabel = labels.get(_norm(variant["unified"]))
+            vlabel = labels.get(norm_code(variant["unified"]))
             vimages = images_of(variant["unified"], variant["image"])
             if vlabel is None or vimages is None:
                 continue
