@@ -40,7 +40,7 @@ WIKI_QUESTIONS_FALLBACK = ["What is this?"]
 NO_PASSAGE_SUBGROUPS = {"brand", "ui-element", "interaction"}
 
 
-def read_jsonl(path: Path) -> list[dict]:
+def read_records(path: Path) -> list[dict]:
     return [record for _, record in json_lines(path)]
 
 
@@ -64,15 +64,15 @@ def main() -> None:
     rng = random.Random(args.seed)
     pb, out = args.pocketbeir, args.out
 
-    queries = read_jsonl(pb / "query/union_train/mbeir_union_up_train.jsonl")
-    pool = read_jsonl(pb / "cand_pool/global/mbeir_union_train_cand_pool.jsonl")
+    queries = read_records(pb / "query/union_train/mbeir_union_up_train.jsonl")
+    pool = read_records(pb / "cand_pool/global/mbeir_union_train_cand_pool.jsonl")
 
     # --- what PocketBEIR holds, by split ------------------------------------------------------------
     split_of_concept: dict[str, str] = {}
     held_out_synsets: set[str] = set()
     for split in ("train", "val", "test"):
         for path in sorted((pb / "query" / split).glob("*.jsonl")):
-            for q in read_jsonl(path):
+            for q in read_records(path):
                 src = json.loads(q["query_src_content"])
                 split_of_concept[src["concept"]] = split
                 if split != "train" and "synset" in src:
@@ -172,8 +172,8 @@ def main() -> None:
         if not name or name in held_out_names:
             counts["extra left out: a val/test name"] += 1
             continue
-        # (b) a new concept: its name, and its WordNet passage where the name is a noun of one sense
-        # group that no val/test concept uses
+        # (b) a new concept: its name, and a WordNet passage where the name's first noun sense is
+        # no val/test concept's
         render(svg, out / img)
         src = {"concept": "openmoji:" + entry["hexcode"], "emoji": code, "vendor": "openmoji"}
         label = entry["annotation"].replace("-", " ")
