@@ -222,6 +222,7 @@ def evaluate(
     """Evaluate on M-BEIR-format data: Recall@K per task, local/global pools, optional reranking."""
     import sys
 
+    from lamra.evaluate.environment import numerics
     from lamra.evaluate.fusion import RerankMethod, model_reranker
     from lamra.evaluate.runner import evaluate_and_write
 
@@ -248,8 +249,6 @@ def evaluate(
     )
     for path in written:
         typer.echo(f"wrote {path}")
-    from lamra.evaluate.environment import numerics
-
     computed_in = numerics(lamra) or ""
     if computed_in.startswith("bf16"):
         typer.echo(f"note: computed in {computed_in}, whose last bits depend on the CPU and the batches: on "

@@ -32,6 +32,7 @@ import numpy as np
 
 from lamra.data.mbeir import MBEIRDataset, MBEIRQuery
 from lamra.data.mbeir_items import query_item
+from lamra.evaluate.environment import evaluation_environment
 from lamra.evaluate.fusion import (
     DEFAULT_WEIGHT_GRID,
     RerankMethod,
@@ -54,7 +55,6 @@ from lamra.evaluate.queries import (
     sample_queries,
     unsupported_modalities,
 )
-from lamra.evaluate.environment import evaluation_environment
 from lamra.evaluate.report import EvaluationReport, TaskResult, load_results, safe_name, write_report
 from lamra.evaluate.task_pools import TaskPools
 from lamra.evaluate.tasks import EvalTask, list_tasks, score_run
