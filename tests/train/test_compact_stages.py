@@ -158,6 +158,41 @@ def test_mining_reuses_a_matching_index_and_refuses_another_models(chain, tmp_pa
              pool_index=index_of(chain["stage0"].final_dir, tmp_path / "stage0"))
 
 
+def test_mining_with_the_appearance_channel_ranks_as_the_evaluation_does(chain, tmp_path):
+    import numpy as np
+
+    from lamra.appearance import AppearanceChannel
+    from lamra.index import VectorIndex
+    from lamra.retriever import Retriever
+    from lamra.train.mining import _cand_item, mine, mining_pool
+    from lamra.train.stages import load_retriever
+    from lamra.train.stages.mbeir_data import MBEIRTrainData
+
+    data = MBEIRTrainData.from_recipe(chain["stage2_recipe"])
+    dids = mining_pool(data, data.queries, None)
+    backbone = load_retriever(chain["stage2"].final_dir)
+    features = backbone.global_image_features([data.image(data.pool[d].img_path) for d in dids
+                                               if data.pool[d].img_path]).numpy()
+    channel = AppearanceChannel.fit(features, dims=4, weight=4.0)  # heavy: it must reorder image lists
+    evaluation = Retriever(backbone, precision="fp32", appearance=channel)
+    index = tmp_path / "with-appearance"
+    VectorIndex.from_vectors(evaluation.encode([_cand_item(data, d) for d in dids], image_root=data.image_root,
+                                               role="document"), dids, similarity="dot").save(index)
+
+    def mined(name, **options):
+        path = mine(backbone, data, tmp_path / name, top_k=10, show_progress=False, precision="fp32", **options)
+        return [json.loads(line) for line in path.read_text().splitlines()]
+
+    reused, fresh, plain = (mined("reused.jsonl", appearance=channel, pool_index=index),
+                            mined("fresh.jsonl", appearance=channel), mined("plain.jsonl"))
+    assert [r["top_docs"] for r in reused] == [r["top_docs"] for r in fresh]
+    np.testing.assert_allclose([r["scores"] for r in reused], [r["scores"] for r in fresh], atol=1e-4)
+    # image-to-image scores rise by up to the channel's weight, the others stay the LMM's
+    assert max(a["scores"][0] for a in fresh) > 1.5 > max(b["scores"][0] for b in plain)
+    with pytest.raises(ValueError, match=r"holds \d+-d vectors.*appearance channel"):
+        mine(backbone, data, tmp_path / "refused.jsonl", top_k=10, show_progress=False, pool_index=index)
+
+
 def test_role_digest_keys_each_role_by_its_own_files(chain, tmp_path):
     import shutil
 

@@ -130,7 +130,7 @@ def mine(
     """Retrieve the top-K of the training pool for every training query (resumable)."""
     from lamra.train.mining import mine as run_mining
     from lamra.train.stages.mbeir_data import MBEIRTrainData
-    from lamra.train.stages.models import StageSetupError, load_retriever
+    from lamra.train.stages.models import StageSetupError, load_retriever, retriever_appearance
 
     loaded = _recipe(recipe, set, None)
     target = out or (Path(loaded.rerank_data) if loaded.rerank_data else None)
@@ -142,7 +142,8 @@ def mine(
         backbone = load_retriever(source, base=loaded.model)
         path = run_mining(backbone, data, target, top_k=top_k or loaded.mining_top_k, batch_size=batch_size,
                           precision="bf16" if loaded.bf16 else "fp32", show_progress=not quiet,
-                          pool_size=loaded.mining_pool_size, pool_index=pool_index, local=loaded.mining_local)
+                          pool_size=loaded.mining_pool_size, pool_index=pool_index, local=loaded.mining_local,
+                          appearance=retriever_appearance(source))
     except (StageSetupError, FileNotFoundError, ValueError) as error:
         _fail(error)
         return

@@ -117,6 +117,15 @@ def load_qwen_any(source: str | os.PathLike, base: str | None = None) -> Backbon
     return QwenVLBackbone.from_pretrained(source)
 
 
+def retriever_appearance(path: str | os.PathLike):
+    """The appearance channel of a light compact LamRA-Ret package (``lamra.appearance``), else None."""
+    if not is_light(Path(path)):
+        return None
+    from lamra.light_checkpoint import load_appearance
+
+    return load_appearance(path)
+
+
 def load_retriever(path: str | os.PathLike, base: str | None = None) -> Backbone:
     """A trained LamRA-Ret for mining: a light compact dir, a Qwen adapter dir, or full weights."""
     path = Path(path)
