@@ -95,6 +95,23 @@ def test_console_entry_turns_input_errors_into_one_line(tmp_path, monkeypatch, c
     assert capsys.readouterr().err.strip() == f"error: collection file not found: {str(missing)!r}"
 
 
+def test_a_model_or_reranker_path_that_is_not_there_is_named_in_one_line(tmp_path, monkeypatch, capsys):
+    import sys
+
+    from lamra.cli import run
+
+    collection = write_collection(tmp_path, [json.dumps({"did": "a", "txt": "fine"})])
+    missing = tmp_path / "no-such-model"
+    for option in ("--model", "--reranker"):
+        monkeypatch.setattr(sys, "argv", ["lamra", "diagnose", str(collection.parent), option, str(missing)])
+        with pytest.raises(SystemExit) as exit_info:
+            run()
+        assert exit_info.value.code == 2
+        last_line = capsys.readouterr().err.strip().splitlines()[-1]  # after the model's loading bar, if any
+        assert last_line == (f"error: {option} {str(missing)!r}: no such directory, and no Hugging Face model of "
+                             "that name could be loaded")
+
+
 def test_index_reports_a_bad_pool_line_before_loading_the_model(tmp_path, monkeypatch):
     import lamra.cli
 

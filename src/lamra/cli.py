@@ -65,7 +65,17 @@ def load_model(model: str | None, precision: str = "auto", reranker: str | None 
         backbone = CompactBackbone.from_parts()
         backbone.model.to(dtype)
         return LamRA(backbone, precision=precision)
-    return LamRA.from_pretrained(model, reranker=reranker, precision=precision, dtype=dtype)
+    try:
+        return LamRA.from_pretrained(model, reranker=reranker, precision=precision, dtype=dtype)
+    except OSError:  # not a directory here, so transformers took it for a hub id and could not fetch it
+        missing = [f"{option} {str(name)!r}" for option, name in (("--model", model), ("--reranker", reranker))
+                   if name is not None and not Path(name).exists()]
+        if not missing:
+            raise
+        from lamra.items import InputError
+
+        raise InputError(f"{' and '.join(missing)}: no such directory, and no Hugging Face model of that "
+                         "name could be loaded") from None
 
 
 @app.callback()

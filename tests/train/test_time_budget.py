@@ -84,3 +84,19 @@ def test_the_training_report_reads_the_gpu_profiles_runs(tmp_path):
     rows, logs = stage_rows(tmp_path, GPU_STAGES)
     assert rows[2] == "| stage2 | 2 | 1.0 | 4.000 | 3.000 |" and list(logs) == ["stage2"]
     assert stage_rows(tmp_path, STAGES)[0][2] == "| stage2 | not run | | | |"
+
+
+def test_a_run_ends_at_its_checkpoint_when_max_steps_is_set_to_it_and_refuses_other_lengths(tmp_path, monkeypatch):
+    from lamra.train.trainer import ResumeError
+
+    clock = FakeClock(per_step=0.1)
+    monkeypatch.setattr(trainer_module.time, "perf_counter", clock)
+    first = make_trainer(tmp_path, clock, max_minutes=None, max_steps=30)
+    first.train(stop_after=10, show_progress=False)  # stopped by hand after checkpoint-10
+    weights = first.model.weight.detach().clone()
+    with pytest.raises(ResumeError, match="run of 30 steps.*set max_steps=10 to end the run at this checkpoint"):
+        make_trainer(tmp_path, clock, max_minutes=None, max_steps=20).train(show_progress=False)
+    ended = make_trainer(tmp_path, clock, max_minutes=None, max_steps=10)
+    result = ended.train(show_progress=False)
+    assert result.losses == [] and result.total_steps == 10 and ended.finished
+    assert torch.equal(ended.model.weight, weights)  # the checkpoint's weights, no step taken

@@ -56,11 +56,13 @@ def _train(stage: str, recipe: str, overrides: list[str] | None, quiet: bool) ->
     from lamra.train.distributed import is_main_process
     from lamra.train.stages import run_stage
     from lamra.train.stages.models import StageSetupError
+    from lamra.train.trainer import ResumeError
 
     loaded = _recipe(recipe, overrides, stage)
     try:
         result = run_stage(loaded, show_progress=not quiet)
-    except (StageSetupError, MBEIRFormatError, InputError, FileNotFoundError, FloatingPointError) as error:
+    except (StageSetupError, MBEIRFormatError, InputError, FileNotFoundError, FloatingPointError,
+            ResumeError) as error:
         _fail(error)
         return
     if is_main_process():

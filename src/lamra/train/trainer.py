@@ -108,6 +108,10 @@ def sync_gradients(params: list[torch.nn.Parameter], reduction: str) -> None:
         offset += n
 
 
+class ResumeError(ValueError):
+    """The run directory's latest checkpoint belongs to a run this recipe is not."""
+
+
 class Trainer:
     def __init__(
         self,
@@ -150,15 +154,18 @@ class Trainer:
         latest = latest_checkpoint(self.run_dir)
         if latest is not None:
             state = load_checkpoint(latest, self.model, self.optimizer, self.scheduler)
-            shortened = recipe.max_minutes and state.extra.get("total_steps", 0) <= self.total_steps
-            if state.extra.get("total_steps") not in (None, self.total_steps) and not shortened:
-                raise ValueError(
-                    f"{latest} belongs to a run of {state.extra['total_steps']} steps, this recipe has "
-                    f"{self.total_steps}: use a fresh output_dir"
+            recorded = state.extra.get("total_steps")
+            shortened = recipe.max_minutes and (recorded or 0) <= self.total_steps
+            # max_steps set to the checkpoint's own step ends the run there: no step runs under another schedule
+            ends_here = self.total_steps == state.step
+            if recorded not in (None, self.total_steps) and not shortened and not ends_here:
+                raise ResumeError(
+                    f"{latest} belongs to a run of {recorded} steps, this recipe has {self.total_steps}: use a "
+                    f"fresh output_dir, or set max_steps={state.step} to end the run at this checkpoint"
                 )
             start = state.step
-            if recipe.max_minutes and state.extra.get("total_steps") is not None:
-                self._set_total_steps(state.extra["total_steps"])  # the length the budget chose
+            if recipe.max_minutes and recorded is not None and not ends_here:
+                self._set_total_steps(recorded)  # the length the budget chose
         self._truncate_log(start)
         result = TrainResult(self.run_dir, self.total_steps, start)
         self.model.train()
