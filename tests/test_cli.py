@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from lamra.cli import app
 from lamra.demo import DEMO_DIR
+from lamra.items import InputError
 
 runner = CliRunner()
 
@@ -110,6 +111,24 @@ def test_a_model_or_reranker_path_that_is_not_there_is_named_in_one_line(tmp_pat
         last_line = capsys.readouterr().err.strip().splitlines()[-1]  # after the model's loading bar, if any
         assert last_line == (f"error: {option} {str(missing)!r}: no such directory, and no Hugging Face model of "
                              "that name could be loaded")
+
+
+def test_diagnose_names_a_missing_data_root_or_split_pool(tmp_path, monkeypatch, capsys):
+    import sys
+
+    import lamra.cli
+    from lamra.cli import run
+
+    missing = tmp_path / "no-such-root"
+    monkeypatch.setattr(lamra.cli, "load_model", lambda *a, **k: pytest.fail("the model loaded first"))
+    monkeypatch.setattr(sys, "argv", ["lamra", "diagnose", str(missing)])
+    with pytest.raises(SystemExit):
+        run()
+    assert capsys.readouterr().err.strip() == f"error: M-BEIR data root not found: {str(missing)!r}"
+    from lamra.evaluate.diagnostics import sample_candidates
+
+    with pytest.raises(InputError, match="no global candidate pool for split 'val'"):
+        sample_candidates(tmp_path, "val", per_modality=2)
 
 
 def test_index_reports_a_bad_pool_line_before_loading_the_model(tmp_path, monkeypatch):

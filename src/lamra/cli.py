@@ -291,6 +291,9 @@ def diagnose(
         raise typer.BadParameter("--rerank needs --queries-per-task >= 1 and --top-k >= 2")
     if generalization and queries_per_task < 1:
         raise typer.BadParameter("--generalization needs --queries-per-task >= 1")
+    from lamra.data.mbeir import MBEIRDataset
+
+    MBEIRDataset(data_root)  # a missing root is named before the model loads
     lamra = load_model(model, precision, reranker=reranker)
     if rerank and not lamra.has_reranker:
         raise typer.BadParameter("--rerank: the model has no reranker; give --reranker")

@@ -278,6 +278,24 @@ def test_packaging_a_rank_on_retriever_keeps_the_retrieval_role(chain, tmp_path)
     assert not (tmp_path / "wrong").exists()
 
 
+def test_packaging_a_rank_on_retriever_carries_the_retrievers_appearance_channel(chain, tmp_path):
+    import shutil
+
+    import numpy as np
+
+    from lamra.appearance import AppearanceChannel
+    from lamra.light_checkpoint import load_appearance, role_digest, set_appearance
+    from lamra.train.package import package_compact
+
+    retriever = tmp_path / "retriever"  # the LamRA-Ret the reranker trained on, given a channel afterwards
+    shutil.copytree(chain["packaged"], retriever)
+    channel = AppearanceChannel.fit(np.random.default_rng(0).normal(size=(20, 1280)), dims=4, weight=0.5)
+    set_appearance(retriever, channel)
+    shipped = package_compact(retriever, chain["rank_on_ret"].final_dir, tmp_path / "shipped")
+    assert role_digest(shipped, "retrieval") == role_digest(retriever, "retrieval") != role_digest(chain["packaged"])
+    np.testing.assert_array_equal(load_appearance(shipped).components, channel.components)
+
+
 def test_rank_from_retriever_needs_a_retriever(chain, tmp_path):
     from lamra.train.stages.models import StageSetupError, load_training_backbone
 

@@ -47,6 +47,7 @@ from lamra.evaluate.queries import encode_queries, pick_instruction, positive_mo
 from lamra.evaluate.report import EvaluationReport
 from lamra.evaluate.task_pools import TaskPools
 from lamra.evaluate.tasks import EvalTask, list_tasks
+from lamra.items import InputError
 
 MODALITIES = ("image", "text", "image,text")
 
@@ -76,9 +77,9 @@ def pairwise_cosine_stats(vectors: np.ndarray) -> tuple[float, float]:
 
 def sample_candidates(data_root: Path, split: str, per_modality: int, seed: int = 0) -> dict[str, list[dict]]:
     """A seeded sample of ``per_modality`` candidates of each modality from the split's global pool."""
-    pools = sorted((data_root / "cand_pool" / "global").glob(f"*_{split}_cand_pool.jsonl"))
+    pools = sorted((MBEIRDataset(data_root).root / "cand_pool" / "global").glob(f"*_{split}_cand_pool.jsonl"))
     if not pools:
-        raise FileNotFoundError(f"no global candidate pool for split {split!r} under {data_root}")
+        raise InputError(f"no global candidate pool for split {split!r} under {str(data_root)!r}")
     by_modality: dict[str, list[dict]] = {m: [] for m in MODALITIES}
     for candidate in read_jsonl(pools[0], "candidate"):
         modality = normalize_modality(candidate.modality)
