@@ -15,8 +15,9 @@ from pathlib import Path
 
 import torch
 
+from lamra.appearance import AppearanceChannel
 from lamra.backbones.base import Backbone
-from lamra.light_checkpoint import CONFIG_NAME, read_light_config
+from lamra.light_checkpoint import CONFIG_NAME, load_appearance, read_light_config
 from lamra.train.recipe import Recipe
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -117,13 +118,9 @@ def load_qwen_any(source: str | os.PathLike, base: str | None = None) -> Backbon
     return QwenVLBackbone.from_pretrained(source)
 
 
-def retriever_appearance(path: str | os.PathLike):
+def retriever_appearance(path: str | os.PathLike) -> AppearanceChannel | None:
     """The appearance channel of a light compact LamRA-Ret package (``lamra.appearance``), else None."""
-    if not is_light(Path(path)):
-        return None
-    from lamra.light_checkpoint import load_appearance
-
-    return load_appearance(path)
+    return load_appearance(path) if is_light(Path(path)) else None
 
 
 def load_retriever(path: str | os.PathLike, base: str | None = None) -> Backbone:
