@@ -82,8 +82,6 @@ def test_unknown_keys_and_bad_values_name_the_key_and_file(tmp_path):
         ("stage: stage2\nrank_datasets: [EmojiQA]\n", "rank_datasets is for the rank stage"),
         ("stage: rank\nrank_datasets: []\n", "rank_datasets must be a list of strings"),
         ("stage: rank\nrank_datasets: [EmojiQA, Nowhere]\n", "unknown dataset 'Nowhere'"),
-        ("stage: stage2\nrank_own_image_positive: true\n", "rank_own_image_positive is for the compact backbone's rank"),
-        ("stage: rank\nbackbone: qwen2-vl\nrank_own_image_positive: true\n", "rank_own_image_positive is for the compact"),
         ("stage: rank\njoint_rank_weight: 1\nrerank_data: m.jsonl\n", "joint_rank_weight is for the compact backbone's stage2"),
         ("stage: stage2\njoint_rank_weight: 1\n", "joint_rank_weight is for .* with `rerank_data`"),
         ("stage: stage2\njoint_rank_weight: -1\n", "joint_rank_weight must be >= 0"),

@@ -193,32 +193,6 @@ def test_rank_groups_put_the_positive_first(data, compact_backbone, tmp_path):
         assert samples.group(index, 0) == group  # seeded by (seed, epoch, qid)
 
 
-def test_own_image_positive_only_for_picture_to_picture_queries(data, compact_backbone, tmp_path):
-    """rank_own_image_positive: a query that is a picture alone, with pictures as positives, also
-    draws its own picture as the positive; every other query's draws stay as they were."""
-    from lamra.train.rerank import OWN_IMAGE, RerankSamples
-    from lamra.train.stages.mbeir_data import MBEIRTrainData
-
-    plain = load_recipe("smoke-rank", overrides(data, tmp_path, "rank", rank_loss="grouped"))
-    train = MBEIRTrainData.from_recipe(plain)
-    mined = _mined_top12(train)
-    before, after = (RerankSamples(train, mined, recipe, compact_backbone)
-                     for recipe in (plain, replace(plain, rank_own_image_positive=True)))
-    pictures = {index for index, query in enumerate(after.queries) if query.query_modality == "image"
-                and all(train.pool[did].modality == "image" for did in train.positives(query))}
-    assert pictures and len(pictures) < len(after.queries)
-    for index, query in enumerate(after.queries):
-        added = after.positives[query.qid][len(train.positives(query)):]
-        assert added == ([OWN_IMAGE] if index in pictures else [])
-        if index not in pictures:
-            assert after.group(index, 0) == before.group(index, 0) and after.sample(3 * index, 0) == before.sample(3 * index, 0)
-    index = min(pictures)
-    own_picture = id(train.image(after.queries[index].query_img_path))
-    shown_first = [own_picture in _candidate_parts(after.group(index, epoch)[0]) for epoch in range(16)]
-    assert any(shown_first) and not all(shown_first)  # drawn among the positives, not instead of them
-    assert not any(own_picture in _candidate_parts(before.group(index, epoch)[0]) for epoch in range(16))
-
-
 def test_rank_datasets_keep_only_those_datasets_queries():
     from lamra.train.mining import of_datasets
 

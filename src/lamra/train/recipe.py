@@ -100,8 +100,6 @@ class Recipe:
     # by their Yes-No logits in one softmax, plus each answer's and the listwise next-token loss
     rank_group_size: int = 4  # grouped: the positive and this many minus one mined negatives
     rank_datasets: list[str] | None = None  # rank: train on these datasets' mined queries only (names or ids)
-    rank_own_image_positive: bool = False  # rank, compact: an image -> image query's own picture is also
-    # a positive (lamra.train.rerank: teaches the reranker to compare pictures)
     joint_rank_weight: float = 0.0  # stage 2, compact: > 0 trains one adapter for both jobs: each step
     # adds this times the rank stage's next-token loss on samples from ``rerank_data`` (lamra.train.joint)
     joint_rank_batch: int = 12  # ... rank samples per optimizer step
@@ -297,8 +295,6 @@ def _check_recipe(recipe: Recipe, source: str) -> None:
         fail(f"rank_loss must be 'next_token' or 'grouped', got {recipe.rank_loss!r}")
     if recipe.rank_loss == "grouped" and (recipe.stage != "rank" or recipe.rank_group_size < 2):
         fail("rank_loss: grouped is for the rank stage, with rank_group_size >= 2")
-    if recipe.rank_own_image_positive and (recipe.stage != "rank" or recipe.backbone != "compact"):
-        fail("rank_own_image_positive is for the compact backbone's rank stage")
     if recipe.rank_datasets is not None:
         if recipe.stage != "rank":
             fail("rank_datasets is for the rank stage")

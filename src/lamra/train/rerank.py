@@ -19,12 +19,6 @@ under the next-token loss. Why: on the next-token loss a pointwise answer is jud
 reranker that answers at the base rate of "Yes" loses almost nothing (``chance_loss``); the compact
 rerankers settled there and could not even fit 48 training queries in 69 steps. The group loss is
 paid only by ordering the query's own candidates, the thing reranking is for.
-
-``rank_own_image_positive`` (compact recipes) adds, for queries that are a picture alone and look for
-pictures, the query's own picture as one more positive to draw from. Why: trained on other drawings
-of the same emoji alone, the compact reranker's P("Yes") did not depend on the candidate picture at
-all; an exact match teaches it to compare two pictures within tens of steps, and that carries over to
-other drawings (``docs/training/notes.md``). No evaluation pool holds a query's own picture.
 """
 
 from __future__ import annotations
@@ -38,7 +32,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from lamra.backbones.base import IGNORE_INDEX, Backbone
-from lamra.data.mbeir import MBEIRQuery, normalize_modality
+from lamra.data.mbeir import MBEIRQuery
 from lamra.items import Segment
 from lamra.prompts import MAX_RERANK_TEXT_TOKENS, NO, YES, listwise_messages, pointwise_messages
 from lamra.reranker import single_token_id
@@ -50,7 +44,6 @@ from lamra.train.trainer import autocast
 
 KINDS = ("pointwise_positive", "pointwise_negative", "listwise")
 PROMPT_TOKENS = 128  # the rerank instruction and template, left out of the per-text budget
-OWN_IMAGE = "<own image>"  # a positive that is the query's own picture (rank_own_image_positive)
 
 
 class RerankSamples:
@@ -62,7 +55,6 @@ class RerankSamples:
         self.backbone = backbone  # its tokenizer cuts the texts
         self.queries: list[MBEIRQuery] = []
         self.negatives: dict[str, list[str]] = {}
-        self.positives: dict[str, list[str]] = {}
         for query in data.queries:
             record = mined.get(query.qid)
             if record is None:
@@ -73,8 +65,6 @@ class RerankSamples:
             if negatives:
                 self.queries.append(query)
                 self.negatives[query.qid] = negatives
-                self.positives[query.qid] = data.positives(query) + (
-                    [OWN_IMAGE] if recipe.rank_own_image_positive and _image_to_image(data, query) else [])
         if not self.queries:
             raise StageSetupError("no training query has a mined non-positive: check rerank_data and train_data")
 
@@ -91,8 +81,7 @@ class RerankSamples:
         data = self.data
         rng, positive, query_segments, negatives = self._draw(index // 3, epoch, kind)
         if kind == "pointwise_positive":
-            return pointwise_messages(self._cut(query_segments, 2), self._cut(self._segments(positive, index // 3), 2),
-                                      YES)
+            return pointwise_messages(self._cut(query_segments, 2), self._cut(data.cand_segments(positive), 2), YES)
         if kind == "pointwise_negative":
             negative = rng.choice(negatives)
             return pointwise_messages(self._cut(query_segments, 2), self._cut(data.cand_segments(negative), 2), NO)
@@ -101,7 +90,7 @@ class RerankSamples:
         chosen = rng.sample(negatives, count - 1)
         answer = rng.randrange(count)  # 0-based place of the positive
         chosen.insert(answer, positive)
-        candidates = [self._cut(self._segments(did, index // 3), count + 1) for did in chosen]
+        candidates = [self._cut(data.cand_segments(did), count + 1) for did in chosen]
         return listwise_messages(self._cut(query_segments, count + 1), candidates, answer + 1)
 
     def group(self, query_index: int, epoch: int) -> list[list[dict]]:
@@ -110,13 +99,7 @@ class RerankSamples:
         rng, positive, query_segments, negatives = self._draw(query_index, epoch, "group")
         chosen = [positive, *rng.sample(negatives, min(self.recipe.rank_group_size - 1, len(negatives)))]
         query_segments = self._cut(query_segments, 2)
-        return [pointwise_messages(query_segments, self._cut(self._segments(did, query_index), 2)) for did in chosen]
-
-    def _segments(self, did: str, query_index: int) -> list[Segment]:
-        """A candidate's segments; ``OWN_IMAGE`` is the query's picture."""
-        if did == OWN_IMAGE:
-            return [self.data.image(self.queries[query_index].query_img_path)]
-        return self.data.cand_segments(did)
+        return [pointwise_messages(query_segments, self._cut(self.data.cand_segments(did), 2)) for did in chosen]
 
     def _draw(self, query_index: int, epoch: int, purpose: str):
         """A sample's seeded generator (by epoch, query and ``purpose``), after it has drawn the
@@ -124,15 +107,9 @@ class RerankSamples:
         query = self.queries[query_index]
         data = self.data
         rng = data.rng_for(query, epoch, purpose)
-        positive = rng.choice(self.positives[query.qid])
-        instruction = data.instruction(query, "image" if positive == OWN_IMAGE else data.pool[positive].modality, rng)
+        positive = rng.choice(data.positives(query))
+        instruction = data.instruction(query, data.pool[positive].modality, rng)
         return rng, positive, data.query_segments(query, instruction), self.negatives[query.qid]
-
-
-def _image_to_image(data: MBEIRTrainData, query: MBEIRQuery) -> bool:
-    """A query that is a picture alone, whose positives are pictures alone."""
-    return (normalize_modality(query.query_modality) == "image" and bool(query.query_img_path)
-            and all(normalize_modality(data.pool[did].modality) == "image" for did in data.positives(query)))
 
 
 def chance_loss(backbone: Backbone, recipe: Recipe) -> float:
