@@ -48,6 +48,8 @@ def test_malformed_collection_line_is_named(tmp_path):
 @pytest.mark.parametrize("line, message", [
     ('{"txt": 42}', ":1: 'txt' must be a string, got int"),
     ('{"txt": "caf\xe9"}', ":1: not UTF-8 (byte 0xe9"),
+    ('{"img_path": "nope.png"}', ":1: image file not found: "),  # not found hours into an encode
+    ('{"img_path": "../outside.png"}', ":1: image path '../outside.png' escapes the data root"),
 ])
 def test_bad_collection_records_are_named_before_the_model_loads(tmp_path, line, message, monkeypatch):
     import lamra.cli

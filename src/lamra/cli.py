@@ -124,9 +124,10 @@ def search(
 
     check_top_k(top_k, "--top-k")
     parsed = parse_queries(queries)
-    records = read_collection(collection)
+    image_root = image_root or collection.parent
+    records = read_collection(collection, image_root)
     lamra = load_model(model, precision)
-    embedded = embed_collection(lamra, records, image_root or collection.parent)
+    embedded = embed_collection(lamra, records, image_root)
     results = embedded.search(lamra, parsed, instruction=instruction, top_k=top_k, rerank=rerank, rerank_top_k=top_k)
     for query, hits in zip(queries, results, strict=True):
         typer.echo(f"\n{query}")
@@ -161,8 +162,10 @@ def serve(
     if min(limits.max_body_bytes, max_encode_items, max_top_k, max_image_pixels) <= 0:
         raise InputError("server limits (--max-body-mb, --max-encode-items, --max-top-k, --max-image-pixels) must be positive")
     path = collection or DEMO_DIR / "collection.jsonl"
+    image_root = image_root or path.parent
+    records = read_collection(path, image_root)  # a bad collection fails before the model loads
     lamra = load_model(model, precision)
-    embedded = embed_collection(lamra, read_collection(path), image_root or path.parent)
+    embedded = embed_collection(lamra, records, image_root)
     _ = lamra.reranker  # load LamRA-Rank now, so the first rerank request does not wait for it
     uvicorn.run(create_app(lamra, embedded, limits), host=host, port=port)
 

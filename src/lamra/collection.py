@@ -12,10 +12,12 @@ from pathlib import Path
 import numpy as np
 
 from lamra.data.mbeir import json_lines
-from lamra.items import InputError
+from lamra.items import InputError, resolve_under
 
 
-def read_collection(path: str | os.PathLike) -> list[dict]:
+def read_collection(path: str | os.PathLike, image_root: str | os.PathLike | None = None) -> list[dict]:
+    """The collection's records. With ``image_root``, each ``img_path`` must name a file under it:
+    checked here, before a model loads, so that a missing image is not met hours into an encode."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"collection file not found: {str(path)!r}")
@@ -26,10 +28,21 @@ def read_collection(path: str | os.PathLike) -> list[dict]:
         for key in ("txt", "img_path", "id", "did"):
             if record.get(key) is not None and not isinstance(record[key], str):
                 raise InputError(f"{path}:{number}: {key!r} must be a string, got {type(record[key]).__name__}")
+        if image_root is not None and record.get("img_path"):
+            _check_image_path(image_root, record["img_path"], f"{path}:{number}")
         records.append(record)
     if not records:
         raise InputError(f"collection {str(path)!r} is empty")
     return records
+
+
+def _check_image_path(image_root: str | os.PathLike, img_path: str, where: str) -> None:
+    try:
+        image = resolve_under(image_root, img_path)
+    except InputError as error:
+        raise InputError(f"{where}: {error}") from None
+    if not image.is_file():
+        raise InputError(f"{where}: image file not found: {str(image)!r}")
 
 
 def record_id(record: dict, position: int) -> str:
