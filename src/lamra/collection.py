@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from lamra.data.mbeir import json_lines
-from lamra.items import InputError, resolve_under
+from lamra.items import InputError, image_file
 
 
 def read_collection(path: str | os.PathLike, image_root: str | os.PathLike | None = None) -> list[dict]:
@@ -29,20 +29,14 @@ def read_collection(path: str | os.PathLike, image_root: str | os.PathLike | Non
             if record.get(key) is not None and not isinstance(record[key], str):
                 raise InputError(f"{path}:{number}: {key!r} must be a string, got {type(record[key]).__name__}")
         if image_root is not None and record.get("img_path"):
-            _check_image_path(image_root, record["img_path"], f"{path}:{number}")
+            try:
+                image_file(record["img_path"], image_root)
+            except InputError as error:
+                raise InputError(f"{path}:{number}: {error}") from None
         records.append(record)
     if not records:
         raise InputError(f"collection {str(path)!r} is empty")
     return records
-
-
-def _check_image_path(image_root: str | os.PathLike, img_path: str, where: str) -> None:
-    try:
-        image = resolve_under(image_root, img_path)
-    except InputError as error:
-        raise InputError(f"{where}: {error}") from None
-    if not image.is_file():
-        raise InputError(f"{where}: image file not found: {str(image)!r}")
 
 
 def record_id(record: dict, position: int) -> str:

@@ -72,16 +72,20 @@ def resolve_under(root: str | os.PathLike, path: str | os.PathLike) -> Path:
     return full
 
 
+def image_file(path: str | os.PathLike, image_root: str | os.PathLike | None = None) -> Path:
+    """The image's file (under ``image_root`` when given, escapes refused); InputError if it is not there."""
+    path = resolve_under(image_root, path) if image_root is not None else Path(path)
+    if not path.is_file():
+        raise InputError(f"image file not found: {str(path)!r}")
+    return path
+
+
 def load_image(path: str | os.PathLike, image_root: str | os.PathLike | None = None) -> Image.Image:
     """Open an image as RGB; transparent pixels are composited onto white (emoji PNGs are RGBA).
 
     With ``image_root``, a relative path is resolved under it and a path that escapes it is refused.
     """
-    path = Path(path)
-    if image_root is not None:
-        path = resolve_under(image_root, path)
-    if not path.is_file():
-        raise InputError(f"image file not found: {str(path)!r}")
+    path = image_file(path, image_root)
     try:
         with Image.open(path) as image:
             check_image_size(image, repr(str(path)))  # from the header, before decoding
