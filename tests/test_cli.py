@@ -224,3 +224,28 @@ def test_bf16_weights_precision_loads_the_weights_in_bf16():
     assert model.reranker.backbone.dtype == torch.bfloat16
     hits = model.search(["a cheesy slice of Italian food"], corpus=["pizza", "a bicycle", "rainy weather"], top_k=1)
     assert hits[0][0].id == 0
+
+
+def test_an_unknown_backend_is_refused_before_the_model_loads(tmp_path, monkeypatch):
+    import lamra.cli
+
+    monkeypatch.setattr(lamra.cli, "load_model", lambda *a, **k: pytest.fail("the model loaded first"))
+    collection = write_collection(tmp_path, [json.dumps({"did": "a", "txt": "fine"})])
+    result = runner.invoke(app, ["search", "query", "--collection", str(collection), "--backend", "onnx"])
+    words = " ".join(result.output.replace("│", " ").split())
+    assert result.exit_code == 2 and "backend must be one of torch, openvino, got 'onnx'" in words
+
+
+def test_the_openvino_backend_searches_and_refuses_bf16_weights(tmp_path):
+    from lamra.cli import load_model
+
+    with pytest.raises(InputError, match="not bf16-weights"):
+        load_model(None, "bf16-weights", backend="openvino")
+    collection = write_collection(tmp_path, [
+        json.dumps({"did": "cat", "img_path": "1f431.png"}),
+        json.dumps({"did": "dog", "img_path": "1f436.png"}),
+    ])
+    result = runner.invoke(app, ["search", "@" + str(DEMO_DIR / "twitter-1f431.png"), "--collection", str(collection),
+                                 "--top-k", "1", "--backend", "openvino"])
+    assert result.exit_code == 0, result.output
+    assert [line.split()[1] for line in result.output.splitlines() if line.strip().startswith("1.")] == ["cat"]

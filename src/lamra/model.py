@@ -17,9 +17,10 @@ import torch
 
 from lamra.appearance import AppearanceChannel
 from lamra.backbones.base import Backbone
+from lamra.backbones.openvino_engine import check_backend, use_openvino
 from lamra.items import InputError, check_top_k, to_segment_batch, to_segments
 from lamra.reranker import Reranker, fuse
-from lamra.retriever import Retriever, Truncation
+from lamra.retriever import Retriever, Truncation, uses_bf16_autocast
 
 logger = logging.getLogger(__name__)
 
@@ -136,6 +137,7 @@ class LamRA:
         precision: str = "auto",
         position_mode: str | None = None,
         appearance: bool = True,
+        backend: str = "torch",
     ) -> LamRA:
         """Load LamRA-Ret (and LamRA-Rank when ``reranker`` is given or the checkpoint has one; a
         checkpoint's own reranker loads the first time it is used).
@@ -146,9 +148,14 @@ class LamRA:
         (Qwen-VL retrieval only): "sequential" or "mrope"; None picks what the checkpoint was trained
         with (sequential for LamRA-Ret, see ``lamra.backbones.qwen_vl.POSITION_MODES``).
         ``appearance=False`` ignores a compact package's appearance channel (``lamra.appearance``):
-        the LMM embedding alone, unit rows compared by cosine.
+        the LMM embedding alone, unit rows compared by cosine. ``backend="openvino"`` (compact model,
+        CPU; ``pip install 'lamra[openvino]'``) runs encoding's vision trunk and decoder in OpenVINO,
+        in the precision ``precision`` picks (``lamra.backbones.openvino_engine``); a separate LamRA-Rank stays in torch.
         """
+        check_backend(backend)
         backbone = load_backbone(name_or_path, adapter=adapter, device=device, dtype=dtype)
+        if backend == "openvino":
+            use_openvino(backbone, "bf16" if uses_bf16_autocast(backbone.device, precision) else "fp32")
         if position_mode is not None:
             if not hasattr(backbone, "position_mode"):
                 raise ValueError("position_mode applies to Qwen2-VL / Qwen2.5-VL checkpoints only")

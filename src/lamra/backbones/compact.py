@@ -119,7 +119,9 @@ class VisionFeatureCache:
 
     @staticmethod
     def tower_precision(model: CompactLMMForConditionalGeneration) -> str:
-        """How the tower computes at this moment: under the caller's autocast, if one is on."""
+        """How the tower computes at this moment: in OpenVINO, or under the caller's autocast, if one is on."""
+        if model.engine is not None:
+            return f"openvino-{model.engine.precision}"
         device_type = model.device.type
         if torch.is_autocast_enabled(device_type):
             return f"{str(torch.get_autocast_dtype(device_type)).removeprefix('torch.')}-autocast"

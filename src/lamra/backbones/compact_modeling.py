@@ -87,6 +87,9 @@ class CompactLMMForConditionalGeneration(PreTrainedModel):
         )
         self.language_model = LlamaForCausalLM(config.text_config)
         self.post_init()
+        # Set by ``lamra.backbones.openvino_engine.use_openvino``: runs the trunk and the decoder at
+        # inference (gradients off); None runs everything in torch.
+        self.engine = None
 
     # --- the pieces transformers and peft look for ------------------------------------------------
     def get_input_embeddings(self):
@@ -106,8 +109,11 @@ class CompactLMMForConditionalGeneration(PreTrainedModel):
     def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Frozen vision features, (N, num_image_tokens, 1280): the global mean first when configured,
         then the grid cells row by row. Cacheable since the tower never trains."""
-        self.vision_tower.eval()  # batch-norm statistics stay ImageNet's
-        maps = self.vision_tower.extract_features(pixel_values.to(self.vision_dtype))
+        if self.engine is not None:
+            maps = self.engine.vision_maps(pixel_values)
+        else:
+            self.vision_tower.eval()  # batch-norm statistics stay ImageNet's
+            maps = self.vision_tower.extract_features(pixel_values.to(self.vision_dtype))
         tokens = F.adaptive_avg_pool2d(maps, self.config.image_grid).flatten(2).transpose(1, 2)
         if self.config.global_image_token:
             tokens = torch.cat([maps.mean(dim=(2, 3)).unsqueeze(1), tokens], dim=1)
@@ -162,6 +168,12 @@ class CompactLMMForConditionalGeneration(PreTrainedModel):
     ) -> torch.Tensor:
         embeds, position_ids = self._language_inputs(input_ids, attention_mask, pixel_values, image_features,
                                                      position_ids)
+        if self.engine is not None and not torch.is_grad_enabled():
+            if attention_mask is None:
+                attention_mask = torch.ones(embeds.shape[:2], dtype=torch.long)
+            if position_ids is None:
+                position_ids = self.positions_from_mask(attention_mask)
+            return self.engine.decoder_hidden(embeds, attention_mask, position_ids).to(embeds.device)
         output = self.language_model.model(
             inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
         )

@@ -17,7 +17,7 @@ import torch
 
 from lamra.retriever import uses_bf16_autocast
 
-LIBRARIES = ("lamra", "torch", "transformers", "peft", "faiss-cpu", "faiss-gpu", "numpy")
+LIBRARIES = ("lamra", "torch", "transformers", "peft", "faiss-cpu", "faiss-gpu", "numpy", "openvino")
 
 
 def evaluation_environment(encoder: Any) -> dict[str, Any]:
@@ -30,11 +30,15 @@ def evaluation_environment(encoder: Any) -> dict[str, Any]:
 
 
 def numerics(encoder: Any) -> str | None:
-    """How a LamRA model computes: "float32", or "bf16 autocast" / "bf16 autocast, bfloat16 weights";
-    None for an encoder that is not a LamRA model (the baselines compute in float32)."""
+    """How a LamRA model computes: "float32", or "bf16 autocast" / "bf16 autocast, bfloat16 weights", or
+    "OpenVINO bf16" / "OpenVINO float32"; None for an encoder that is not a LamRA model (the baselines
+    compute in float32)."""
     backbone, precision = getattr(encoder, "backbone", None), getattr(encoder, "precision", None)
     if backbone is None or precision is None:
         return None
+    engine = getattr(backbone.hf_model, "engine", None)
+    if engine is not None:
+        return f"OpenVINO {'bf16' if engine.precision == 'bf16' else 'float32'}"
     weights = str(next(backbone.model.parameters()).dtype).removeprefix("torch.")
     parts = ["bf16 autocast"] if uses_bf16_autocast(backbone.device, precision) else []
     if weights != "float32":
