@@ -4,11 +4,15 @@ Prints items/s, the achieved GFLOP/s of the language model's matmuls (and Effici
 and a plain torch GEMM measured in the same process as the ceiling, with every figure also as a ratio
 to the fp32 baseline and as a share of the bf16 GEMM.
 
+With OpenVINO installed (``pip install 'lamra[openvino]'``) the first table also has the
+``backend="openvino"`` rows (the vision trunk and the decoder in OpenVINO, in fp32 and bf16).
+
 A second table splits the image+text encode (bf16 weights) into its parts, each timed alone on the
 same batches: image preprocessing, the vision tower, the language model on cached vision features,
 and the language model's Linear products run as bare GEMMs of the same shapes (what the language
-model would take if nothing but its matrix products cost time). From those it derives the best
-share of the GEMM ceiling this model can reach with its vision tower as it is.
+model would take if nothing but its matrix products cost time), and the tower and language model
+in OpenVINO bf16. From those it derives the best share of the GEMM ceiling this model can reach
+with its vision tower as it is.
 
     .venv/bin/python benchmarks/encode.py [--items 64] [--batch-size 16] [--repeats 2] [--compile]
 """
@@ -27,6 +31,7 @@ from PIL import Image
 
 from lamra import LamRA
 from lamra.backbones.compact import CompactBackbone, VisionFeatureCache
+from lamra.backbones.openvino_engine import use_openvino
 from lamra.backbones.compact_modeling import preprocess_images
 from lamra.demo import DEMO_DIR, load_collection
 from lamra.retriever import drop_tail_after_emb
@@ -100,10 +105,11 @@ def linear_shapes(backbone: CompactBackbone) -> list[tuple[int, int]]:
 
 @torch.no_grad()
 def parts(backbone: CompactBackbone, model: LamRA, items: list, batch_size: int, repeats: int,
-          compiled: bool = False) -> list[tuple]:
+          compiled: bool = False, engine=None) -> list[tuple]:
     """(part, seconds for all items, GFLOP) of an image+text encode, each part timed alone on the same
     batches as ``measure`` runs them (longest first), with ``backbone``'s weights in bf16. ``compiled``
-    adds the language model under ``torch.compile`` (its elementwise work fused; compiling takes a minute)."""
+    adds the language model under ``torch.compile`` (its elementwise work fused; compiling takes a minute);
+    ``engine`` (an ``OpenVINOEngine``) adds the tower and the language model run by it."""
     order = sorted(items, key=lambda item: -len(item[0]))
     batches = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
     images = [[image for _, image in batch] for batch in batches]
@@ -137,10 +143,24 @@ def parts(backbone: CompactBackbone, model: LamRA, items: list, batch_size: int,
                                use_cache=False)
 
         extra.append(("  under torch.compile", best_time(run_compiled, repeats), lm_flops))
+    tower_in_openvino = []
+    if engine is not None:
+        tower_in_openvino.append((f"  in OpenVINO {engine.precision}",
+                                  best_time(lambda: [engine.vision_maps(batch) for batch in pixels], repeats),
+                                  vision_flops))
+        decoder_inputs = []
+        for batch in inputs:
+            embeds, positions = hf._language_inputs(batch["input_ids"], batch["attention_mask"], None,
+                                                    batch["image_features"], None)
+            decoder_inputs.append((embeds.float(), batch["attention_mask"], positions))
+        extra.append((f"  in OpenVINO {engine.precision}",
+                      best_time(lambda: [engine.decoder_hidden(*batch) for batch in decoder_inputs], repeats),
+                      lm_flops))
     return [
         ("image preprocessing", best_time(lambda: [preprocess_images(batch) for batch in images], repeats), 0.0),
         ("vision tower", best_time(lambda: [hf.image_features(batch.to(hf.vision_dtype)) for batch in pixels],
                                    repeats), vision_flops),
+        *tower_in_openvino,
         ("language model", best_time(lambda: [backbone.hidden_states(batch) for batch in inputs], repeats),
          lm_flops),
         *extra,
@@ -173,6 +193,19 @@ def variants(backbone: CompactBackbone):
     yield "bf16 autocast", LamRA(backbone, precision="bf16")
     bf16 = CompactBackbone(copy.deepcopy(backbone.model).to(torch.bfloat16), backbone.tokenizer)
     yield "bf16 weights", LamRA(bf16, precision="fp32")
+    if openvino_installed():
+        engine_backbone = CompactBackbone(copy.deepcopy(backbone.model), backbone.tokenizer)
+        for precision in ("fp32", "bf16"):
+            use_openvino(engine_backbone, precision)
+            yield f"openvino {precision}", LamRA(engine_backbone, precision=precision)
+
+
+def openvino_installed() -> bool:
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def main() -> None:
@@ -191,8 +224,10 @@ def main() -> None:
         for label, model in variants(backbone):
             per_second, gflops = measure(model, items, args.batch_size, args.repeats)
             rows.append((f"encode {name}", label, per_second, gflops))
-    # the loops' last workload and variant: image+text, bf16 weights
-    split = parts(model.backbone, model, items, args.batch_size, args.repeats, args.compile)
+            if label == "bf16 weights":  # the last workload's (image+text) is split into its parts below
+                weights_model, weights_speed = model, per_second
+    engine = model.backbone.hf_model.engine  # the last variant's: OpenVINO bf16 when installed
+    split = parts(weights_model.backbone, weights_model, items, args.batch_size, args.repeats, args.compile, engine)
 
     peak = dict((precision, gflops) for workload, precision, _, gflops in rows if workload.startswith("torch GEMM"))
     print(f"\ncompact LMM encode, {args.items} items, batch {args.batch_size}, {torch.get_num_threads()} threads")
@@ -203,7 +238,7 @@ def main() -> None:
         speed = "" if per_second is None else f"{per_second:9.1f}{per_second / base[0]:8.2f}"
         print(f"{workload:<22}{precision:<16}{speed or ' ' * 17}{gflops:10.0f}{gflops / base[1]:8.2f}"
               f"{gflops / peak['bf16']:14.0%}")
-    print_parts(split, args.items / rows[-1][2], args.items, peak["bf16"])  # rows[-1]: that same run
+    print_parts(split, args.items / weights_speed, args.items, peak["bf16"])
 
 
 if __name__ == "__main__":

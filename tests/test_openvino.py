@@ -40,6 +40,8 @@ def test_fp32_equals_torch(torch_fp32, items):
     got = engine_model.encode(items, batch_size=8)
     assert got.shape == expected.shape
     assert np.abs(got - expected).max() < 1e-4
+    reloaded = LamRA.from_pretrained(precision="fp32", backend="openvino")  # as the next process would
+    assert not reloaded.backbone.hf_model.engine.converted  # the same weights: the saved graphs are read
 
 
 def test_bf16_keeps_the_demo_answers(torch_fp32, items):

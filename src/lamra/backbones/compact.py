@@ -156,6 +156,7 @@ def build_compact_from_parts(image_grid: int = 3, seed: int = 0, global_image_to
     tokenizer = AutoTokenizer.from_pretrained(lm_dir)
     tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN, EMB_TOKEN]})
     language_model = LlamaForCausalLM.from_pretrained(lm_dir, dtype=torch.float32)
+    torch.manual_seed(seed)  # before the resize too: the new tokens' rows are drawn at random
     language_model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
     config = CompactLMMConfig(
         text_config=language_model.config,
@@ -163,7 +164,6 @@ def build_compact_from_parts(image_grid: int = 3, seed: int = 0, global_image_to
         global_image_token=global_image_token,
         image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
     )
-    torch.manual_seed(seed)
     model = CompactLMMForConditionalGeneration(config)
     model.language_model.load_state_dict(language_model.state_dict())
     vision_state = torch.load(efficientnet_lite0_weights(), map_location="cpu", weights_only=True)

@@ -99,7 +99,9 @@ class OpenVINOEngine:
 
         self.precision = precision
         trunk, decoder = _Trunk(model.vision_tower).eval(), _Decoder(model.language_model.model).eval()
-        folder = Path(cache_dir or lamra_home() / "openvino") / weights_digest(trunk, decoder)
+        # What the graphs hold: the input embedding table stays in torch (the decoder takes embeddings).
+        traced = (trunk, decoder.decoder.layers, decoder.decoder.norm)
+        folder = Path(cache_dir or lamra_home() / "openvino") / weights_digest(*traced)
         self.folder = folder
         self.converted = False  # whether this process traced the graphs (False: read from the cache)
         core = ov.Core()
