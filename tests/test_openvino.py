@@ -109,3 +109,16 @@ def test_wrong_uses_are_refused(tiny_qwen_dirs, compact_backbone):
         OpenVINOEngine(torch.nn.Linear(2, 2).to(torch.bfloat16), "bf16")
     with pytest.raises(ValueError, match="precision must be"):
         OpenVINOEngine(compact_backbone.hf_model, "fp16")
+
+
+def test_only_the_most_recently_used_graph_folders_are_kept(tmp_path):
+    import os
+
+    from lamra.backbones.openvino_engine import prune_folders
+
+    for age in range(5):
+        folder = tmp_path / f"model{age}"
+        folder.mkdir()
+        os.utime(folder, (1_000_000 - age, 1_000_000 - age))  # model0 used last
+    prune_folders(tmp_path, keep=3)
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["model0", "model1", "model2"]

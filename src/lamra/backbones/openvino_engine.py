@@ -34,6 +34,7 @@ BACKENDS = ("torch", "openvino")
 PRECISION_HINTS = {"bf16": "bf16", "fp32": "f32"}
 IR_FORMAT = "1"  # bump when what is traced changes, so old folders are not read
 TRUNK_FILE, DECODER_FILE = "trunk.xml", "decoder.xml"
+KEEP_FOLDERS = 3  # the most recently used models' graphs kept (420 MB each); older ones are removed
 
 
 def check_backend(backend: str) -> str:
@@ -108,6 +109,8 @@ class OpenVINOEngine:
         graphs = self._read(core, folder)
         if graphs is None:
             graphs = self._convert(ov, model, trunk, decoder, folder)
+        os.utime(folder)  # marks it used, for prune_folders
+        prune_folders(folder.parent)
         config = {
             "INFERENCE_PRECISION_HINT": PRECISION_HINTS[precision],
             "PERFORMANCE_HINT": "LATENCY",
@@ -168,6 +171,13 @@ class OpenVINOEngine:
         with self._lock:
             hidden = self._decoder(feed)[0]
         return torch.from_numpy(hidden.copy())
+
+
+def prune_folders(cache: Path, keep: int = KEEP_FOLDERS) -> None:
+    """Remove all but the ``keep`` most recently used graph folders (and leftovers of killed conversions)."""
+    folders = sorted((f for f in cache.iterdir() if f.is_dir()), key=lambda f: f.stat().st_mtime, reverse=True)
+    for stale in folders[keep:]:
+        shutil.rmtree(stale, ignore_errors=True)
 
 
 def use_openvino(backbone, precision: str, cache_dir: str | os.PathLike | None = None) -> OpenVINOEngine:
