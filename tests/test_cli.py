@@ -249,3 +249,61 @@ def test_the_openvino_backend_searches_and_refuses_bf16_weights(tmp_path):
                                  "--top-k", "1", "--backend", "openvino"])
     assert result.exit_code == 0, result.output
     assert [line.split()[1] for line in result.output.splitlines() if line.strip().startswith("1.")] == ["cat"]
+
+
+def write_pool(root):
+    """An M-BEIR root with a three-candidate pool (two images, one text)."""
+    pool = root / "cand_pool" / "local" / "pool.jsonl"
+    pool.parent.mkdir(parents=True)
+    (root / "images").mkdir()
+    for name in ("1f431.png", "1f436.png"):
+        shutil.copy(DEMO_DIR / name, root / "images" / name)
+    pool.write_text("".join(json.dumps(line) + "\n" for line in [
+        {"did": "9:1", "img_path": "images/1f431.png", "txt": "", "modality": "image"},
+        {"did": "9:2", "img_path": "images/1f436.png", "txt": "", "modality": "image"},
+        {"did": "9:3", "img_path": None, "txt": "a short note about the weather", "modality": "text"},
+    ]))
+    return pool
+
+
+def test_search_reads_an_index_without_encoding_its_pool(tmp_path, monkeypatch):
+    import lamra.model
+
+    pool = write_pool(tmp_path / "mbeir")
+    index = tmp_path / "index"
+    assert runner.invoke(app, ["index", str(pool), "--out", str(index)]).exit_code == 0
+    encoded = []
+    real_encode = lamra.model.LamRA.encode
+    monkeypatch.setattr(lamra.model.LamRA, "encode", lambda self, items, **k: encoded.append(len(items)) or
+                        real_encode(self, items, **k))
+    query = "@" + str(DEMO_DIR / "twitter-1f431.png")
+    result = runner.invoke(app, ["search", query, "--index", str(index), "--top-k", "2"])
+    assert result.exit_code == 0, result.output
+    first = next(line for line in result.output.splitlines() if line.strip().startswith("1."))
+    assert first.split()[1] == "9:1" and first.endswith("images/1f431.png")  # the hit's item, read from the pool
+    assert encoded == [1]  # the query alone: the pool's vectors come from the index
+    reranked = runner.invoke(app, ["search", query, "--index", str(index), "--top-k", "2", "--rerank", "pointwise"])
+    assert reranked.exit_code == 0, reranked.output
+
+
+def test_search_refuses_a_stale_or_foreign_index_before_the_model_loads(tmp_path, monkeypatch):
+    import lamra.cli
+
+    pool = write_pool(tmp_path / "mbeir")
+    index = tmp_path / "index"
+    assert runner.invoke(app, ["index", str(pool), "--out", str(index)]).exit_code == 0
+    monkeypatch.setattr(lamra.cli, "load_model", lambda *a, **k: pytest.fail("the model loaded first"))
+
+    def refusal(*options):
+        result = runner.invoke(app, ["search", "a cat", *options])
+        assert isinstance(result.exception, InputError), result.output
+        return str(result.exception)
+
+    assert "give one of --collection" in refusal()
+    assert "give one of --collection" in refusal("--index", str(index), "--collection", str(pool))
+    assert "built with model 'compact'" in refusal("--index", str(index), "--model", str(tmp_path))
+    assert "no index at" in refusal("--index", str(tmp_path / "nowhere"))
+    pool.write_text(pool.read_text() + json.dumps({"did": "9:4", "txt": "new", "modality": "text"}) + "\n")
+    assert "has changed since the index was built" in refusal("--index", str(index))
+    pool.unlink()
+    assert "is not there" in refusal("--index", str(index), "--rerank", "pointwise")

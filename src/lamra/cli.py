@@ -140,8 +140,12 @@ def parse_queries(queries: list[str]) -> list[str | Path]:
 @app.command()
 def search(
     queries: Annotated[list[str], typer.Argument(help="Query texts; prefix an image path with @ (e.g. @cat.png).")],
-    collection: Annotated[Path, typer.Option(help="A jsonl of candidates with txt and/or img_path.")],
-    image_root: Annotated[Optional[Path], typer.Option(help="Root for img_path; default: the jsonl's folder.")] = None,
+    collection: Annotated[Optional[Path], typer.Option(
+        help="A jsonl of candidates with txt and/or img_path, encoded now.")] = None,
+    index_dir: Annotated[Optional[Path], typer.Option(
+        "--index", help="Or: a directory `lamra index` built (searched without encoding its pool again).")] = None,
+    image_root: Annotated[Optional[Path], typer.Option(
+        help="Root for img_path; default: the jsonl's folder (with --index: the pool's M-BEIR root).")] = None,
     instruction: Annotated[Optional[str], typer.Option(help="Instruction prefixed to each query.")] = None,
     top_k: int = 5,
     rerank: Annotated[Optional[str], typer.Option(help="pointwise, listwise or listwise-parity (needs a reranker).")] = None,
@@ -149,22 +153,48 @@ def search(
     precision: PrecisionOption = "auto",
     backend: BackendOption = "torch",
 ) -> None:
-    """Search a jsonl collection with text or image queries and print the ranked hits."""
+    """Search a jsonl collection, or an index built by `lamra index`, with text or image queries and print
+    the ranked hits."""
     from lamra.collection import embed_collection, read_collection, record_id
-    from lamra.items import check_top_k
+    from lamra.items import InputError, check_top_k
 
     check_top_k(top_k, "--top-k")
+    if (collection is None) == (index_dir is None):
+        raise InputError("give one of --collection (a jsonl, encoded now) or --index (a directory `lamra index` built)")
     parsed = parse_queries(queries)
+    if index_dir is not None:
+        search_index(parsed, queries, index_dir, image_root, instruction, top_k, rerank, model, precision, backend)
+        return
     image_root = image_root or collection.parent
     records = read_collection(collection, image_root)
     lamra = load_model(model, precision, backend=backend)
     embedded = embed_collection(lamra, records, image_root)
     results = embedded.search(lamra, parsed, instruction=instruction, top_k=top_k, rerank=rerank, rerank_top_k=top_k)
+    echo_hits(queries, results, lambda hit: (record_id(records[hit.id], hit.id), records[hit.id]))
+
+
+def echo_hits(queries: list[str], results: list, describe) -> None:
+    """Each query, then its hits: rank, id, score, text and image path (``describe(hit)``: its id and record)."""
     for query, hits in zip(queries, results, strict=True):
         typer.echo(f"\n{query}")
         for rank, hit in enumerate(hits, start=1):
-            record = records[hit.id]
-            typer.echo(f"  {rank}. {record_id(record, hit.id)}  {hit.score:.3f}  {record.get('txt') or ''} {record.get('img_path') or ''}")
+            hit_id, record = describe(hit)
+            typer.echo(f"  {rank}. {hit_id}  {hit.score:.3f}  {record.get('txt') or ''} {record.get('img_path') or ''}")
+
+
+def search_index(parsed, queries, index_dir, image_root, instruction, top_k, rerank, model, precision, backend):
+    """``lamra search --index``: the index and its pool are checked before the model loads."""
+    from lamra.index_pool import load_pool_index
+    from lamra.items import InputError
+
+    index, items, root = load_pool_index(index_dir, model or "compact", image_root)
+    if rerank and items is None:
+        raise InputError(f"--rerank needs the candidates' items: the pool file this index was built from "
+                         f"({index.manifest.get('pool_path')!r}) is not there")
+    lamra = load_model(model, precision, backend=backend)
+    results = lamra.search(parsed, index=index, index_items=items, image_root=root, instruction=instruction,
+                           top_k=top_k, rerank=rerank, rerank_top_k=top_k)
+    echo_hits(queries, results, lambda hit: (hit.id, hit.item or {}))
 
 
 @app.command()

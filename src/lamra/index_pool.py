@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING
 
 from lamra.data.mbeir import cand_pool_dict, read_jsonl
 from lamra.data.mbeir_items import candidate_item
-from lamra.index import VectorIndex, load_or_build_index, similarity_of
+from lamra.index import IndexFileError, StaleIndexError, VectorIndex, load_or_build_index, similarity_of
+from lamra.items import InputError
 
 if TYPE_CHECKING:
     from lamra.evaluate.queries import Encoder
@@ -29,7 +30,7 @@ def index_pool(encoder: Encoder | Callable[[], Encoder], pool_path: str | Path, 
     may be a function that loads it: it is called after the pool file has been read and checked,
     so a bad line is reported without waiting for a model.
     """
-    pool_path = Path(pool_path)
+    pool_path = Path(pool_path).resolve()  # kept in the manifest: `lamra search --index` reads it from anywhere
     candidates = cand_pool_dict(read_jsonl(pool_path, "candidate"))
     if not hasattr(encoder, "encode"):
         encoder = encoder()
@@ -43,3 +44,24 @@ def index_pool(encoder: Encoder | Callable[[], Encoder], pool_path: str | Path, 
     return load_or_build_index(encode, items, ids, directory, model_name=model_name, pool_path=pool_path,
                                batch_size=batch_size, index_type=index_type, show_progress=show_progress,
                                similarity=similarity_of(encoder))
+
+
+def load_pool_index(directory: str | Path, model_name: str,
+                    image_root: str | Path | None = None) -> tuple[VectorIndex, dict[str, dict] | None, Path | None]:
+    """An index ``lamra index`` wrote, for searching without encoding its pool again: the index, its
+    items by id and their image root, read from the pool file it was built from (None, None when that
+    file is no longer there: hits then carry ids and scores only). A model or pool file other than
+    the index's is refused, as is a damaged index; every refusal is an ``InputError`` naming it."""
+    try:
+        index = VectorIndex.load(directory, model_name=model_name)
+    except (FileNotFoundError, IndexFileError, StaleIndexError) as error:
+        raise InputError(f"index {str(directory)!r}: {error}") from None
+    pool_path = index.manifest.get("pool_path")
+    if not pool_path or not Path(pool_path).is_file():
+        return index, None, None
+    try:
+        index.check_fresh(pool_path=pool_path)
+    except StaleIndexError as error:
+        raise InputError(f"index {str(directory)!r}: {error}") from None
+    candidates = cand_pool_dict(read_jsonl(pool_path, "candidate"))
+    return index, {did: candidate_item(c) for did, c in candidates.items()}, pool_image_root(pool_path, image_root)

@@ -7,7 +7,7 @@ import json
 import logging
 import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -214,6 +214,7 @@ class LamRA:
         *,
         corpus_embeddings: np.ndarray | None = None,
         index=None,
+        index_items: Mapping[str, Any] | None = None,
         image_root: str | os.PathLike | None = None,
         top_k: int = 10,
         instruction: str | None = None,
@@ -226,7 +227,9 @@ class LamRA:
         """Top-k hits for each query, from an in-memory ``corpus`` or a saved ``index``
         (:class:`lamra.index.VectorIndex`, or a ``ShardedIndex``). ``corpus_embeddings``: the
         corpus already encoded (``encode(corpus, role="document")``), so a collection searched
-        many times is encoded once. ``image_root``: where relative image paths of the corpus are.
+        many times is encoded once. ``index_items``: the index's items by id (``lamra.index_pool.load_pool_index``
+        gives them), so its hits carry their items and can be reranked. ``image_root``: where relative
+        image paths of the corpus are.
         ``rerank`` (one of ``RERANK_MODES``) reranks the first ``rerank_top_k`` hits and sorts
         them by retrieval + ``rerank_weight`` * rerank score. Equal scores keep corpus order."""
         if (corpus is None) == (index is None):
@@ -251,14 +254,15 @@ class LamRA:
         else:
             found_scores, found_ids = index.search(query_vectors, top_k)
             results = [
-                [Hit(did, float(s)) for did, s in zip(ids, row, strict=False)]
+                [Hit(did, float(s), None if index_items is None else index_items.get(did))
+                 for did, s in zip(ids, row, strict=False)]
                 for ids, row in zip(found_ids, found_scores, strict=True)
             ]
         if rerank:
             for query, hits in zip(queries, results, strict=True):
                 head = hits[:rerank_top_k]
                 if head and head[0].item is None:
-                    raise InputError("reranking hits from an index needs their items; use rerank()")
+                    raise InputError("reranking hits from an index needs their items (index_items=)")
                 # the query's images are the caller's (read like encode read them), not the corpus's
                 hits[: len(head)] = self.rerank(
                     to_segments(query), [h.item for h in head], retrieval_scores=[h.score for h in head],

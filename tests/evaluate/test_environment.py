@@ -24,6 +24,9 @@ def test_numerics_name_the_precision_a_model_computes_in():
     assert numerics(stand_in_model("bf16")) == "bf16 autocast"
     assert numerics(stand_in_model("bf16", torch.bfloat16)) == "bf16 autocast, bfloat16 weights"
     assert numerics(HashingEncoder()) is None  # not a LamRA model: nothing to say
+    on_openvino = stand_in_model("auto")
+    on_openvino.backbone.hf_model = SimpleNamespace(engine=SimpleNamespace(precision="bf16"))
+    assert numerics(on_openvino) == "OpenVINO bf16"
 
 
 def test_the_environment_names_libraries_machine_and_commit():

@@ -139,8 +139,10 @@ class OpenVINOEngine:
         hidden = model.config.hidden_size
         # The tracer warns about transformers' shape checks; with no key/value cache they take the same
         # branch for every batch shape (the tests compare padded batches of other shapes with torch).
+        # OpenVINO's converter still calls torch.jit.trace, which torch now marks deprecated.
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            warnings.filterwarnings("ignore", message=r".*torch\.jit\.trace", category=DeprecationWarning)
             trunk_graph = ov.convert_model(trunk, example_input=torch.zeros(1, 3, 224, 224),
                                            input=[(-1, 3, 224, 224)])
             mask = torch.ones(2, 6, dtype=torch.long)

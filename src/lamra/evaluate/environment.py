@@ -36,7 +36,7 @@ def numerics(encoder: Any) -> str | None:
     backbone, precision = getattr(encoder, "backbone", None), getattr(encoder, "precision", None)
     if backbone is None or precision is None:
         return None
-    engine = getattr(backbone.hf_model, "engine", None)
+    engine = getattr(getattr(backbone, "hf_model", None), "engine", None)
     if engine is not None:
         return f"OpenVINO {'bf16' if engine.precision == 'bf16' else 'float32'}"
     weights = str(next(backbone.model.parameters()).dtype).removeprefix("torch.")
