@@ -307,3 +307,14 @@ def test_search_refuses_a_stale_or_foreign_index_before_the_model_loads(tmp_path
     assert "has changed since the index was built" in refusal("--index", str(index))
     pool.unlink()
     assert "is not there" in refusal("--index", str(index), "--rerank", "pointwise")
+
+
+def test_serve_refuses_a_bad_index_before_the_model_loads(tmp_path, monkeypatch):
+    import lamra.cli
+
+    monkeypatch.setattr(lamra.cli, "load_model", lambda *a, **k: pytest.fail("the model loaded first"))
+    pool = write_pool(tmp_path / "mbeir")
+    both = runner.invoke(app, ["serve", "--index", str(tmp_path), "--collection", str(pool)])
+    assert "not both" in str(both.exception)
+    missing = runner.invoke(app, ["serve", "--index", str(tmp_path / "nowhere")])
+    assert isinstance(missing.exception, InputError) and "no index at" in str(missing.exception)

@@ -200,7 +200,10 @@ def search_index(parsed, queries, index_dir, image_root, instruction, top_k, rer
 @app.command()
 def serve(
     collection: Annotated[Optional[Path], typer.Option(help="A jsonl of candidates; default: the demo collection.")] = None,
-    image_root: Annotated[Optional[Path], typer.Option(help="Root for img_path; default: the jsonl's folder.")] = None,
+    index_dir: Annotated[Optional[Path], typer.Option(
+        "--index", help="Or: a directory `lamra index` built (its pool is not encoded again).")] = None,
+    image_root: Annotated[Optional[Path], typer.Option(
+        help="Root for img_path; default: the jsonl's folder (with --index: the pool's M-BEIR root).")] = None,
     host: str = "127.0.0.1",
     port: int = 8000,
     model: ModelOption = None,
@@ -214,22 +217,27 @@ def serve(
     """Serve search over a collection: HTTP API (/encode, /search) and a web page at /."""
     import uvicorn
 
-    from lamra.collection import read_collection
+    from lamra.collection import embed_collection, open_indexed_collection, read_collection
     from lamra.demo import DEMO_DIR
     from lamra.items import InputError
-    from lamra.collection import embed_collection
     from lamra.serve.app import ServerLimits, create_app
 
     limits = ServerLimits(int(max_body_mb * 1024 * 1024), max_encode_items, max_top_k, max_image_pixels)
     if min(limits.max_body_bytes, max_encode_items, max_top_k, max_image_pixels) <= 0:
         raise InputError("server limits (--max-body-mb, --max-encode-items, --max-top-k, --max-image-pixels) must be positive")
-    path = collection or DEMO_DIR / "collection.jsonl"
-    image_root = image_root or path.parent
-    records = read_collection(path, image_root)  # a bad collection fails before the model loads
-    lamra = load_model(model, precision, backend=backend)
-    embedded = embed_collection(lamra, records, image_root)
+    if collection is not None and index_dir is not None:
+        raise InputError("give --collection (a jsonl, encoded at start) or --index (a directory `lamra index` built), not both")
+    if index_dir is not None:  # a bad index or pool fails before the model loads
+        searched = open_indexed_collection(index_dir, model or "compact", image_root)
+        lamra = load_model(model, precision, backend=backend)
+    else:
+        path = collection or DEMO_DIR / "collection.jsonl"
+        image_root = image_root or path.parent
+        records = read_collection(path, image_root)  # a bad collection fails before the model loads
+        lamra = load_model(model, precision, backend=backend)
+        searched = embed_collection(lamra, records, image_root)
     _ = lamra.reranker  # load LamRA-Rank now, so the first rerank request does not wait for it
-    uvicorn.run(create_app(lamra, embedded, limits), host=host, port=port)
+    uvicorn.run(create_app(lamra, searched, limits), host=host, port=port)
 
 
 @app.command()

@@ -6,8 +6,9 @@ M-BEIR candidate pools are such files too (their ``did`` is the id). Errors name
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -60,6 +61,10 @@ class EmbeddedCollection:
     def items(self) -> list[dict]:
         return [record_item(record) for record in self.records]
 
+    @property
+    def dims(self) -> int:
+        return int(self.vectors.shape[1])
+
     def search(self, model, queries, **options):
         return model.search(queries, corpus=self.items, corpus_embeddings=self.vectors, image_root=self.image_root,
                             **options)
@@ -70,3 +75,41 @@ def embed_collection(model, records: list[dict], image_root: str | os.PathLike,
     vectors = model.encode([record_item(r) for r in records], image_root=image_root, show_progress=show_progress,
                            role="document")
     return EmbeddedCollection(records, Path(image_root), vectors)
+
+
+@dataclass
+class IndexedCollection:
+    """A pool ``lamra index`` encoded, searched from its saved index without encoding it again
+    (``lamra serve --index``). The same interface as ``EmbeddedCollection``: records in the index's
+    order, and hits whose ``id`` is a record's position."""
+
+    records: list[dict]
+    image_root: Path
+    index: Any  # a lamra.index.VectorIndex
+    position: dict[str, int] = field(init=False)
+    by_id: dict[str, dict] = field(init=False)
+
+    def __post_init__(self):
+        self.position = {str(record["did"]): n for n, record in enumerate(self.records)}
+        self.by_id = {did: self.records[n] for did, n in self.position.items()}
+
+    @property
+    def dims(self) -> int:
+        return self.index.dims
+
+    def search(self, model, queries, **options):
+        results = model.search(queries, index=self.index, index_items=self.by_id, image_root=self.image_root,
+                               **options)
+        return [[replace(hit, id=self.position[hit.id]) for hit in hits] for hits in results]
+
+
+def open_indexed_collection(directory: str | os.PathLike, model_name: str,
+                            image_root: str | os.PathLike | None = None) -> IndexedCollection:
+    """The index at ``directory`` with its pool's records (``lamra.index_pool.load_pool_index`` checks both)."""
+    from lamra.index_pool import load_pool_index
+
+    index, items, root = load_pool_index(directory, model_name, image_root)
+    if items is None:
+        raise InputError(f"index {str(directory)!r}: serving it needs the pool file it was built from "
+                         f"({index.manifest.get('pool_path')!r}), which is not there")
+    return IndexedCollection([items[did] for did in index.ids], root, index)

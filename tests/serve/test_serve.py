@@ -151,3 +151,31 @@ def test_lamra_serve_refuses_a_non_positive_limit():
 def test_the_page_never_renders_a_detail_as_html():
     page = (Path(create_app.__code__.co_filename).parent / "page.html").read_text()
     assert "innerHTML = `" not in page and "li.textContent = typeof result.detail" in page
+
+
+def test_serving_an_index_searches_it_without_encoding_its_pool(compact_backbone, tmp_path, monkeypatch):
+    import json
+    import shutil
+
+    from lamra.collection import open_indexed_collection
+    from lamra.index_pool import index_pool
+
+    model = LamRA(compact_backbone, compact_backbone)
+    pool = tmp_path / "mbeir" / "cand_pool" / "local" / "pool.jsonl"
+    pool.parent.mkdir(parents=True)
+    (tmp_path / "mbeir" / "images").mkdir()
+    records = read_collection(DEMO_DIR / "collection.jsonl")[:4]
+    for record in records:
+        shutil.copy(DEMO_DIR / record["img_path"], tmp_path / "mbeir" / "images" / record["img_path"])
+    pool.write_text("".join(json.dumps({"did": f"9:{n}", "img_path": f"images/{r['img_path']}", "txt": "",
+                                        "modality": "image"}) + "\n" for n, r in enumerate(records)))
+    index_pool(model, pool, tmp_path / "index", model_name="compact", show_progress=False)
+    monkeypatch.setattr(model, "encode", lambda items, **k: pytest.fail("the pool was encoded again")
+                        if len(items) > 1 else LamRA.encode(model, items, **k))
+    served = TestClient(create_app(model, open_indexed_collection(tmp_path / "index", "compact")))
+    assert served.get("/health").json()["items"] == 4
+    hits = served.post("/search", json={"image": image_b64(records[2]["img_path"]), "top_k": 4}).json()["hits"]
+    assert hits[0]["id"] == "9:2" and hits[0]["n"] == 2 and hits[0]["has_image"]  # the query image itself
+    assert served.get(f"/items/{hits[0]['n']}/image").content == (DEMO_DIR / records[2]["img_path"]).read_bytes()
+    reranked = served.post("/search", json={"txt": "a cat", "top_k": 2, "rerank": "pointwise"})
+    assert reranked.status_code == 200 and len(reranked.json()["hits"]) == 2

@@ -8,7 +8,8 @@ Endpoints:
 - ``POST /search``            ``{"txt": ..., "image": <base64>, "top_k": 5, "rerank": null}`` -> hits
 - ``GET  /items/{n}/image``   a collection item's image
 
-The collection's embeddings are computed once at start-up (or loaded from a saved index).
+The collection's embeddings are computed once at start-up, or read from an index ``lamra index`` built
+(``lamra serve --index``).
 
 Limits (``ServerLimits``, all configurable): request body bytes, items per ``/encode``, ``top_k`` and
 image pixels (checked from the image header, before decoding). Every bad request is a 4xx with a
@@ -27,7 +28,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from lamra.collection import EmbeddedCollection, record_id
+from lamra.collection import EmbeddedCollection, IndexedCollection, record_id
 from lamra.evaluate.environment import numerics
 from lamra.items import MAX_IMAGE_PIXELS, InputError, check_image_size, load_image
 
@@ -124,7 +125,7 @@ def optional_string(body: dict, key: str) -> str | None:
     return value or None
 
 
-def create_app(model, collection: EmbeddedCollection, limits: ServerLimits = ServerLimits()):
+def create_app(model, collection: EmbeddedCollection | IndexedCollection, limits: ServerLimits = ServerLimits()):
     from fastapi import FastAPI, HTTPException
     from fastapi.responses import FileResponse, HTMLResponse
 
@@ -140,7 +141,7 @@ def create_app(model, collection: EmbeddedCollection, limits: ServerLimits = Ser
 
     @app.get("/health")
     def health() -> dict:
-        return {"status": "ok", "items": len(collection.records), "dims": int(collection.vectors.shape[1]),
+        return {"status": "ok", "items": len(collection.records), "dims": collection.dims,
                 "backbone": model.backbone.kind, "reranker": model.has_reranker, "similarity": model.similarity,
                 "numerics": numerics(model)}
 
