@@ -69,10 +69,12 @@ def load_model(model: str | None, precision: str = "auto", reranker: str | None 
         if precision == "bf16-weights":
             raise InputError("--backend openvino converts float32 weights and computes in the --precision it is "
                              "given (auto, bf16 or fp32), not bf16-weights")
+        from lamra.backbones.openvino_engine import import_openvino
+
         try:
-            import openvino  # noqa: F401
-        except ImportError:
-            raise InputError("--backend openvino needs OpenVINO: pip install 'lamra[openvino]'") from None
+            import_openvino()  # before the model loads
+        except ImportError as error:
+            raise InputError(str(error)) from None
     dtype = torch.float32
     if precision == "bf16-weights":
         dtype, precision = torch.bfloat16, "bf16"
