@@ -318,3 +318,24 @@ def test_serve_refuses_a_bad_index_before_the_model_loads(tmp_path, monkeypatch)
     assert "not both" in str(both.exception)
     missing = runner.invoke(app, ["serve", "--index", str(tmp_path / "nowhere")])
     assert isinstance(missing.exception, InputError) and "no index at" in str(missing.exception)
+
+
+def test_eval_keeps_pool_indexes_and_reuses_them(pocketbeir_fixture, tmp_path, monkeypatch):
+    import lamra.model
+
+    options = ["eval", str(pocketbeir_fixture), "--split", "val", "--tasks", "wordnetpassage_task1",
+               "--index-dir", str(tmp_path / "indexes")]
+    first = runner.invoke(app, options + ["--out", str(tmp_path / "first")])
+    assert first.exit_code == 0, first.output
+    kept = [path.parent.parent.name for path in (tmp_path / "indexes").rglob("CURRENT")]  # <model>/<pool>/CURRENT
+    assert kept and all("bf16" in name or "float32" in name for name in kept)  # keyed by numerics too
+    encoded = []
+    real_encode = lamra.model.LamRA.encode
+    monkeypatch.setattr(lamra.model.LamRA, "encode", lambda self, items, **k: encoded.append(k.get("role")) or
+                        real_encode(self, items, **k))
+    again = runner.invoke(app, options + ["--out", str(tmp_path / "again")])
+    assert again.exit_code == 0, again.output
+    assert "document" not in encoded  # the pool came from the kept index; only queries were encoded
+    metrics = [[row["metrics"] for row in json.loads((tmp_path / run / "LamRA-Ret" / "results.json").read_text())["results"]]
+               for run in ("first", "again")]
+    assert metrics[0] == metrics[1]

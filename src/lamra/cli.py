@@ -305,6 +305,9 @@ def evaluate(
     reranker: Annotated[Optional[str], typer.Option(help="LamRA-Rank checkpoint (Qwen-VL).")] = None,
     precision: PrecisionOption = "auto",
     backend: BackendOption = "torch",
+    index_dir: Annotated[Optional[Path], typer.Option(
+        help="Keep each candidate pool's index here; a later run with the same weights, numerics and pool "
+             "reads it instead of encoding the pool again.")] = None,
 ) -> None:
     """Evaluate on M-BEIR-format data: Recall@K per task, local/global pools, optional reranking."""
     import sys
@@ -315,6 +318,7 @@ def evaluate(
 
     lamra = load_model(model, precision, reranker=reranker, backend=backend)
     name = "LamRA-Ret" if model is None else Path(model).name or str(model)
+    lamra.name = index_cache_name(name, model, lamra)  # keys its cached pool indexes (evaluate_mbeir)
     methods = {name: lamra}
     rerankers = {}
     if rerank:
@@ -332,7 +336,7 @@ def evaluate(
     written = evaluate_and_write(
         methods, data_root, out, command="lamra " + " ".join(sys.argv[1:]), results_md=results_md,
         rerankers=rerankers, split=split, pools=tuple(p.strip() for p in pools.split(",")),
-        tasks=task_list(tasks), batch_size=batch_size,
+        tasks=task_list(tasks), batch_size=batch_size, index_dir=index_dir,
     )
     for path in written:
         typer.echo(f"wrote {path}")
@@ -341,6 +345,20 @@ def evaluate(
         typer.echo(f"note: computed in {computed_in}, whose last bits depend on the CPU and the batches: on "
                    "another machine a task's recall may differ by a few queries. --precision fp32 gives the "
                    "reference numbers (about 3x slower on CPU).")
+
+
+def index_cache_name(name: str, model: str | None, lamra) -> str:
+    """What an evaluation's cached pool indexes are kept under: the model's name, its weights (a light
+    checkpoint's retrieval digest, else the path as given) and how it computes (bf16 and fp32 vectors
+    differ in their last bits, so each keeps its own)."""
+    from lamra.evaluate.environment import numerics
+    from lamra.evaluate.report import safe_name
+    from lamra.light_checkpoint import role_digest
+    from lamra.model import LIGHT_CONFIG, SHIPPED_DIR
+
+    path = SHIPPED_DIR if model is None else Path(model)
+    weights = role_digest(path) if (path / LIGHT_CONFIG).is_file() else str(model)
+    return safe_name(f"{name}_{weights}_{numerics(lamra)}")
 
 
 @app.command()
