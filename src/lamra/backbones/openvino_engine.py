@@ -98,14 +98,17 @@ class OpenVINOEngine:
         ov = import_openvino()
         from lamra.assets import lamra_home
 
-        self.precision = precision
+        core = ov.Core()
+        if precision == "bf16" and "BF16" not in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+            logger.warning("this CPU has no bf16 support in OpenVINO: computing in fp32")
+            precision = "fp32"
+        self.precision = precision  # what it computes in, reported by lamra.evaluate.environment.numerics
         trunk, decoder = _Trunk(model.vision_tower).eval(), _Decoder(model.language_model.model).eval()
         # What the graphs hold: the input embedding table stays in torch (the decoder takes embeddings).
         traced = (trunk, decoder.decoder.layers, decoder.decoder.norm)
         folder = Path(cache_dir or lamra_home() / "openvino") / weights_digest(*traced)
         self.folder = folder
         self.converted = False  # whether this process traced the graphs (False: read from the cache)
-        core = ov.Core()
         graphs = self._read(core, folder)
         if graphs is None:
             graphs = self._convert(ov, model, trunk, decoder, folder)
