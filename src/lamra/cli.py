@@ -92,9 +92,8 @@ def load_model(model: str | None, precision: str = "auto", reranker: str | None 
         backbone.model.to(dtype)
         if backend == "openvino":
             from lamra.backbones.openvino_engine import use_openvino
-            from lamra.retriever import uses_bf16_autocast
 
-            use_openvino(backbone, "bf16" if uses_bf16_autocast(backbone.device, precision) else "fp32")
+            use_openvino(backbone, precision)
         return LamRA(backbone, precision=precision)
     try:
         return LamRA.from_pretrained(model, reranker=reranker, precision=precision, dtype=dtype, backend=backend)
@@ -157,46 +156,27 @@ def search(
 ) -> None:
     """Search a jsonl collection, or an index built by `lamra index`, with text or image queries and print
     the ranked hits."""
-    from lamra.collection import embed_collection, read_collection, record_id
+    from lamra.collection import embed_collection, open_indexed_collection, read_collection, record_id
     from lamra.items import InputError, check_top_k
 
     check_top_k(top_k, "--top-k")
     if (collection is None) == (index_dir is None):
         raise InputError("give one of --collection (a jsonl, encoded now) or --index (a directory `lamra index` built)")
     parsed = parse_queries(queries)
-    if index_dir is not None:
-        search_index(parsed, queries, index_dir, image_root, instruction, top_k, rerank, model, precision, backend)
-        return
-    image_root = image_root or collection.parent
-    records = read_collection(collection, image_root)
-    lamra = load_model(model, precision, backend=backend)
-    embedded = embed_collection(lamra, records, image_root)
-    results = embedded.search(lamra, parsed, instruction=instruction, top_k=top_k, rerank=rerank, rerank_top_k=top_k)
-    echo_hits(queries, results, lambda hit: (record_id(records[hit.id], hit.id), records[hit.id]))
-
-
-def echo_hits(queries: list[str], results: list, describe) -> None:
-    """Each query, then its hits: rank, id, score, text and image path (``describe(hit)``: its id and record)."""
+    if index_dir is not None:  # the index and its pool are checked before the model loads
+        searched = open_indexed_collection(index_dir, model or "compact", image_root)
+        lamra = load_model(model, precision, backend=backend)
+    else:
+        image_root = image_root or collection.parent
+        records = read_collection(collection, image_root)
+        lamra = load_model(model, precision, backend=backend)
+        searched = embed_collection(lamra, records, image_root)
+    results = searched.search(lamra, parsed, instruction=instruction, top_k=top_k, rerank=rerank, rerank_top_k=top_k)
     for query, hits in zip(queries, results, strict=True):
         typer.echo(f"\n{query}")
         for rank, hit in enumerate(hits, start=1):
-            hit_id, record = describe(hit)
-            typer.echo(f"  {rank}. {hit_id}  {hit.score:.3f}  {record.get('txt') or ''} {record.get('img_path') or ''}")
-
-
-def search_index(parsed, queries, index_dir, image_root, instruction, top_k, rerank, model, precision, backend):
-    """``lamra search --index``: the index and its pool are checked before the model loads."""
-    from lamra.index_pool import load_pool_index
-    from lamra.items import InputError
-
-    index, items, root = load_pool_index(index_dir, model or "compact", image_root)
-    if rerank and items is None:
-        raise InputError(f"--rerank needs the candidates' items: the pool file this index was built from "
-                         f"({index.manifest.get('pool_path')!r}) is not there")
-    lamra = load_model(model, precision, backend=backend)
-    results = lamra.search(parsed, index=index, index_items=items, image_root=root, instruction=instruction,
-                           top_k=top_k, rerank=rerank, rerank_top_k=top_k)
-    echo_hits(queries, results, lambda hit: (hit.id, hit.item or {}))
+            record = searched.records[hit.id]
+            typer.echo(f"  {rank}. {record_id(record, hit.id)}  {hit.score:.3f}  {record.get('txt') or ''} {record.get('img_path') or ''}")
 
 
 @app.command()

@@ -109,7 +109,4 @@ def open_indexed_collection(directory: str | os.PathLike, model_name: str,
     from lamra.index_pool import load_pool_index
 
     index, items, root = load_pool_index(directory, model_name, image_root)
-    if items is None:
-        raise InputError(f"index {str(directory)!r}: serving it needs the pool file it was built from "
-                         f"({index.manifest.get('pool_path')!r}), which is not there")
     return IndexedCollection([items[did] for did in index.ids], root, index)

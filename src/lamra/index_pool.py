@@ -47,18 +47,18 @@ def index_pool(encoder: Encoder | Callable[[], Encoder], pool_path: str | Path, 
 
 
 def load_pool_index(directory: str | Path, model_name: str,
-                    image_root: str | Path | None = None) -> tuple[VectorIndex, dict[str, dict] | None, Path | None]:
+                    image_root: str | Path | None = None) -> tuple[VectorIndex, dict[str, dict], Path]:
     """An index ``lamra index`` wrote, for searching without encoding its pool again: the index, its
-    items by id and their image root, read from the pool file it was built from (None, None when that
-    file is no longer there: hits then carry ids and scores only). A model or pool file other than
-    the index's is refused, as is a damaged index; every refusal is an ``InputError`` naming it."""
+    items by id and their image root, read from the pool file it was built from. A model or pool file
+    other than the index's, a pool file no longer there, or a damaged index is refused as an
+    ``InputError`` naming it."""
     try:
         index = VectorIndex.load(directory, model_name=model_name)
     except (FileNotFoundError, IndexFileError, StaleIndexError) as error:
         raise InputError(f"index {str(directory)!r}: {error}") from None
     pool_path = index.manifest.get("pool_path")
     if not pool_path or not Path(pool_path).is_file():
-        return index, None, None
+        raise InputError(f"index {str(directory)!r}: the pool file it was built from ({pool_path!r}) is not there")
     try:
         index.check_fresh(pool_path=pool_path)
     except StaleIndexError as error:

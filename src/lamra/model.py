@@ -20,7 +20,7 @@ from lamra.backbones.base import Backbone
 from lamra.backbones.openvino_engine import check_backend, use_openvino
 from lamra.items import InputError, check_top_k, to_segment_batch, to_segments
 from lamra.reranker import Reranker, fuse
-from lamra.retriever import Retriever, Truncation, uses_bf16_autocast
+from lamra.retriever import Retriever, Truncation
 
 logger = logging.getLogger(__name__)
 
@@ -155,7 +155,7 @@ class LamRA:
         check_backend(backend)
         backbone = load_backbone(name_or_path, adapter=adapter, device=device, dtype=dtype)
         if backend == "openvino":
-            use_openvino(backbone, "bf16" if uses_bf16_autocast(backbone.device, precision) else "fp32")
+            use_openvino(backbone, precision)
         if position_mode is not None:
             if not hasattr(backbone, "position_mode"):
                 raise ValueError("position_mode applies to Qwen2-VL / Qwen2.5-VL checkpoints only")

@@ -186,11 +186,15 @@ def prune_folders(cache: Path, keep: int = KEEP_FOLDERS) -> None:
 
 
 def use_openvino(backbone, precision: str, cache_dir: str | os.PathLike | None = None) -> OpenVINOEngine:
-    """Run ``backbone``'s inference through OpenVINO in ``precision`` ("bf16" or "fp32")."""
+    """Run ``backbone``'s inference through OpenVINO in ``precision``: "auto", "bf16" or "fp32", as
+    ``LamRA`` takes it ("auto": bf16 where the CPU has it)."""
+    from lamra.retriever import uses_bf16_autocast
+
     if getattr(backbone, "kind", None) != "compact":
         raise ValueError("backend 'openvino' runs the compact model; Qwen-VL checkpoints use backend 'torch'")
     if backbone.device.type != "cpu":
         raise ValueError(f"backend 'openvino' runs on the CPU; this model is on {backbone.device}")
-    engine = OpenVINOEngine(backbone.hf_model, precision, cache_dir=cache_dir)
+    computes_in = "bf16" if uses_bf16_autocast(backbone.device, precision) else "fp32"
+    engine = OpenVINOEngine(backbone.hf_model, computes_in, cache_dir=cache_dir)
     backbone.hf_model.engine = engine
     return engine
