@@ -1,5 +1,6 @@
 """Recipes (YAML -> checked Recipe) and the step schedule they drive (lr, steps, batch order)."""
 
+import json
 import math
 from pathlib import Path
 
@@ -69,6 +70,7 @@ def test_unknown_keys_and_bad_values_name_the_key_and_file(tmp_path):
         ("stage: stage0\nbackbone: qwen2-vl\n", "only for the compact backbone"),
         ("stage: stage1\nlora_dropout: 1.5\n", "lora_dropout"),
         ("stage: stage2\nmixed_batch_ratio: 0.5\n", "needs batch_by_task"),
+        ("stage: stage2\nbatch_family_key: concept\n", "needs batch_by_task"),
         ("stage: stage2\nbatch_by_task: true\nmixed_batch_ratio: 2\n", "mixed_batch_ratio must be in"),
         ("stage: stage1\ndevice: gpu\n", "device must be auto, cpu, cuda"),
         ("stage: stage2\nmined_negatives: m.jsonl\n", "mined_negatives is for stage2 with hard_negatives"),
@@ -186,6 +188,46 @@ def test_grouped_batch_order_mixes_a_share_of_batches_across_groups():
     assert all(len({group_of[i] for i in pure.global_indices(s)}) == 1 for s in range(20))
     with pytest.raises(ValueError, match="mixed_ratio"):
         GroupedBatchOrder(groups, 8, seed=1, mixed_ratio=1.5)
+
+
+def test_grouped_batch_order_keeps_each_family_in_one_run_of_a_batch():
+    groups = [list(range(0, 48)), list(range(48, 96))]
+    families = [list(range(start, start + 4)) for start in range(0, 96, 4) if start % 8 == 0]  # half in families
+    order = GroupedBatchOrder(groups, global_batch_size=8, seed=3, families=families)
+    epoch0 = [order.global_indices(step) for step in range(order.steps_per_epoch)]
+    assert sorted(i for batch in epoch0 for i in batch) == list(range(96))  # each example once
+    assert all(any(set(batch) <= set(group) for group in groups) for batch in epoch0)
+    for batch in epoch0:
+        for family in families:  # a family's members in a batch sit next to each other
+            positions = [n for n, i in enumerate(batch) if i in family]
+            assert not positions or positions[-1] - positions[0] == len(positions) - 1
+    together = sum(any(set(family) <= set(batch) for batch in epoch0) for family in families)
+    assert together >= len(families) - order.steps_per_epoch  # at most one family cut per batch edge
+    assert [order.global_indices(s) for s in range(order.steps_per_epoch, 2 * order.steps_per_epoch)] != epoch0
+    plain = GroupedBatchOrder(groups, global_batch_size=8, seed=3)
+    assert GroupedBatchOrder(groups, 8, seed=3, families=[]).global_indices(5) == plain.global_indices(5)
+
+
+def test_families_hold_one_query_per_positive_and_respect_the_size_cap(tmp_path):
+    from lamra.data.mbeir import MBEIRQuery
+    from lamra.train.stages.mbeir_data import MBEIRTrainData
+
+    def query(qid, concept, positive):
+        src = None if concept is None else json.dumps({"concept": concept})
+        return MBEIRQuery(qid=qid, query_txt=qid, query_img_path=None, query_modality="text",
+                          query_src_content=src, pos_cand_list=[positive], task_id=0)
+
+    queries = [
+        query("10:1", "A", "10:1"), query("10:2", "A", "10:1"),  # label and Unicode name: one positive
+        *(query(f"10:{n}", "A", f"10:{n}") for n in range(3, 8)),  # five skin tones
+        query("10:8", "B", "10:8"), query("10:9", None, "10:9"),
+    ]
+    pool = {q.pos_cand_list[0]: None for q in queries}
+    data = MBEIRTrainData(queries, pool, None, tmp_path, seed=0)
+    families = data.families("concept")
+    assert sorted(map(sorted, families)) == [[0, 2, 3, 4, 5, 6], [1], [7]]  # query 8 has no concept
+    assert sorted(map(len, data.families("concept", max_size=4))) == [1, 1, 2, 4]
+    assert data.families("vendor") == []
 
 
 def test_training_device_resolves_auto_and_the_local_rank(monkeypatch):

@@ -209,6 +209,17 @@ def json_lines(path: Path, error: type[Exception] = None) -> Iterator[tuple[int,
 
 
 _ID = re.compile(r"^\d+:\d+$")
+def src_field(src_content: Any, key: str) -> str | int | None:
+    """One field of a ``query_src_content`` / ``src_content`` (a JSON object or its text), else None."""
+    if isinstance(src_content, str):
+        try:
+            src_content = json.loads(src_content)
+        except ValueError:
+            return None
+    value = src_content.get(key) if isinstance(src_content, dict) else None
+    return value if isinstance(value, (str, int)) else None
+
+
 _QUERY_KEYS = ("qid", "query_txt", "query_img_path", "query_modality", "query_src_content",
                "pos_cand_list", "neg_cand_list", "task_id")
 _CAND_KEYS = ("txt", "img_path", "modality", "did", "src_content")

@@ -13,7 +13,6 @@ images copied, so every reader and evaluator runs on it unchanged.
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import shutil
@@ -28,17 +27,14 @@ from lamra.data.mbeir import (
     local_pool_relpath,
     qrels_relpath,
     query_relpath,
+    src_field,
     write_jsonl,
     write_qrels,
 )
 
 
 def concept_of(candidate: MBEIRCandidate) -> str:
-    try:
-        content = json.loads(candidate.src_content or "{}")
-    except json.JSONDecodeError:
-        content = {}
-    return str(content.get("concept") or candidate.did) if isinstance(content, dict) else candidate.did
+    return str(src_field(candidate.src_content, "concept") or candidate.did)
 
 
 def subset_mbeir(

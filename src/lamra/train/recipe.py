@@ -83,6 +83,9 @@ class Recipe:
     global_image_token: bool = False  # one more visual token: the mean of the whole feature map
     batch_by_task: bool = False  # stage 2: every batch from one task (tasks interleaved over steps)
     mixed_batch_ratio: float = 0.0  # with batch_by_task: share of batches mixed across tasks again
+    batch_family_key: str | None = None  # with batch_by_task: queries of a task sharing this field of
+    # their query_src_content fill batches together (PocketBEIR: "concept"), so in-batch negatives hold
+    # the same emoji's other skin tones, genders and drawings (MBEIRTrainData.families)
     no_instruction_ratio: float = 0.0  # stage 2: share of queries trained without an instruction
     trunk_distillation: float = 0.0  # stage 2, compact: weight of a loss that keeps, for image queries
     # against image candidates, the frozen vision trunk's sense of which images look alike (its
@@ -268,6 +271,8 @@ def _check_recipe(recipe: Recipe, source: str) -> None:
              "(the frozen trunk's mean-pooled map, that token's features, is the teacher)")
     if not 0.0 <= recipe.mixed_batch_ratio <= 1.0:
         fail(f"mixed_batch_ratio must be in [0, 1], got {recipe.mixed_batch_ratio}")
+    if recipe.batch_family_key and not recipe.batch_by_task:
+        fail("batch_family_key needs batch_by_task: true (families are kept together inside one task's batches)")
     if recipe.mixed_batch_ratio and not recipe.batch_by_task:
         fail("mixed_batch_ratio needs batch_by_task: true (without it every batch is mixed already)")
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", recipe.device):

@@ -20,6 +20,7 @@ from lamra.data.mbeir import (
     normalize_modality,
     read_instructions,
     read_jsonl,
+    src_field,
 )
 from lamra.items import Segment, load_image
 from lamra.prompts import format_mbeir_text
@@ -125,6 +126,30 @@ class MBEIRTrainData:
         for index, query in enumerate(self.queries):
             groups.setdefault((query.dataset_id, normalize_modality(query.query_modality)), []).append(index)
         return list(groups.values())
+
+    def families(self, key: str, max_size: int | None = None) -> list[list[int]]:
+        """Query indices of one task that share ``query_src_content[key]`` (PocketBEIR's "concept":
+        an emoji with its skin-tone and gender variants, and the emoji mapped to the same synset).
+
+        Two queries with the same positive (an emoji's label and its Unicode name) would be each
+        other's false negatives in a batch, so a family holds one query per positive: the k-th
+        query of every positive forms the k-th family of the concept. A family larger than
+        ``max_size`` (a family emoji with every combination of skin tones) is cut into pieces, so
+        that no one concept fills a batch. Queries without the field are in no family."""
+        by_value: dict[tuple, dict[str, list[int]]] = {}
+        for index, query in enumerate(self.queries):
+            value = src_field(query.query_src_content, key)
+            if value is not None:
+                task = (query.dataset_id, normalize_modality(query.query_modality), value)
+                by_value.setdefault(task, {}).setdefault(self.positives(query)[0], []).append(index)
+        families = []
+        for by_positive in by_value.values():
+            depth = max(len(indices) for indices in by_positive.values())
+            for k in range(depth):
+                family = [indices[k] for indices in by_positive.values() if k < len(indices)]
+                step = max_size or len(family)
+                families += [family[start : start + step] for start in range(0, len(family), step)]
+        return families
 
     def rng_for(self, query: MBEIRQuery, epoch: int, purpose: str) -> random.Random:
         """A generator seeded by (seed, epoch, qid, purpose): draws do not depend on batch order."""

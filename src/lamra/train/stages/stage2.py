@@ -37,8 +37,10 @@ def prepare(recipe: Recipe, backbone) -> StageSteps:
 
     order = None
     if recipe.batch_by_task:
+        # A quarter of a batch at most: the rest of a step's negatives stay ordinary ones.
+        families = data.families(recipe.batch_family_key, recipe.batch_size // 4) if recipe.batch_family_key else None
         order = GroupedBatchOrder(data.task_groups(), recipe.batch_size, recipe.seed, world_size(),
-                                  recipe.mixed_batch_ratio)
+                                  recipe.mixed_batch_ratio, families)
     step = retrieval.contrastive_step_fn(backbone, recipe, example)
     if recipe.joint_rank_weight:
         samples = joint.rank_samples(recipe, data, backbone)
