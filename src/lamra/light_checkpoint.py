@@ -70,11 +70,13 @@ def load_light_compact(
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
     global_image_token: bool = False,
+    fold_last: bool = True,
 ) -> CompactBackbone:
     """Rebuild LamRA-Ret (``role="retrieval"``) or LamRA-Rank (``role="rank"``) from a light checkpoint.
 
     ``global_image_token=True`` adds the global visual token to a checkpoint trained without it (the
-    projector is per token, so it applies unchanged): how a stage starts using it.
+    projector is per token, so it applies unchanged): how a stage starts using it. ``fold_last=False``
+    leaves the role's last adapter out, for a stage that trains it further (``continue_adapter``).
     """
     path = Path(path)
     config = read_light_config(path)
@@ -86,7 +88,8 @@ def load_light_compact(
     )
     projector = load_file(path / vision["projector"])
     backbone.hf_model.multi_modal_projector.load_state_dict(projector)
-    for name in role_adapters(config, role):
+    adapters = role_adapters(config, role)
+    for name in adapters if fold_last else adapters[:-1]:
         fold_adapter(backbone, path / name)
     backbone.model.to(device=device, dtype=dtype).eval()
     return backbone

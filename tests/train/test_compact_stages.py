@@ -56,6 +56,11 @@ def chain(tmp_path_factory):
                                               rerank_data=str(mined), rank_from_retriever=True,
                                               train_projector=True, rank_loss="grouped", rank_group_size=3))
     out["rank_on_ret"] = run_stage(ron, show_progress=False)
+    # the packaged LamRA-Ret's own adapter trained further (continue_adapter), at a negligible lr and a real one
+    for key, lr in (("continued_lr0", 1e-12), ("continued", 3e-3)):
+        rc = load_recipe("smoke-stage2", overrides(data, runs, "stage2", **SMALL, max_steps=1, name=f"smoke-{key}",
+                                                   init_from=str(out["packaged"]), continue_adapter=True, lr=lr))
+        out[key] = run_stage(rc, show_progress=False)
     # one adapter for both jobs: stage 2 on top of stage 2 with the rank stage's loss added
     rj = load_recipe("smoke-stage2", overrides(data, runs, "stage2", **SMALL, max_steps=2, name="smoke-stage2-joint",
                                                init_from=str(out["stage2"].final_dir), adapter_name="stage2-joint",
@@ -113,6 +118,27 @@ def test_stage2_trains_the_projector_and_packaging_keeps_one_per_role(chain, tmp
         "retrieval": [{"run": name, **cpu} for name in ("smoke-stage0", "smoke-stage1", "smoke-stage2")],
         "rank": [{"run": name, **cpu} for name in ("smoke-stage0", "smoke-rank")],
     }
+
+
+def test_continue_adapter_trains_the_packaged_adapter_in_place(chain):
+    from safetensors.torch import load_file
+
+    from lamra.train.package import RETRIEVAL_RANK, fold_adapters
+
+    packaged = chain["packaged"] / "adapters" / "retrieval"
+    start = load_file(packaged / "adapter_model.safetensors")
+    for key in ("continued_lr0", "continued"):
+        final = chain[key].final_dir
+        assert read_light_config(final)["retrieval_adapters"] == ["adapters/retrieval"]  # no adapter added
+        assert json.loads((final / "adapters/retrieval/adapter_config.json").read_text())["r"] == RETRIEVAL_RANK
+    unchanged = load_file(chain["continued_lr0"].final_dir / "adapters/retrieval/adapter_model.safetensors")
+    assert unchanged.keys() == start.keys()  # loaded, not drawn anew: at lr 1e-12 every weight stays the package's
+    assert all(torch.allclose(unchanged[k], start[k].float(), rtol=0, atol=1e-9) for k in start)
+    trained = chain["continued"].final_dir / "adapters" / "retrieval"
+    weights = load_file(trained / "adapter_model.safetensors")
+    assert max(float((weights[k] - start[k].float()).abs().max()) for k in start) > 1e-4
+    # packaging it again cuts nothing: the continued adapter already has the package's rank
+    assert fold_adapters([trained], chain["continued"].final_dir.parent / "refolded", RETRIEVAL_RANK) < 1e-3
 
 
 def test_trained_models_load_and_run(chain, images):

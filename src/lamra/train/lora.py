@@ -38,6 +38,22 @@ def add_lora(backbone: Backbone, r: int, alpha: int, dropout: float) -> list[str
     )
     with quiet_peft():
         backbone.model = get_peft_model(backbone.model, config)
+    return _checked_lora(backbone)
+
+
+def continue_lora(backbone: Backbone, adapter_dir) -> list[str]:
+    """Wrap ``backbone.model`` in the saved peft adapter ``adapter_dir``, trainable, with its own rank,
+    alpha and targets (``continue_adapter``). Everything else is frozen, as with ``add_lora``."""
+    from peft import PeftModel
+
+    if hasattr(backbone.model, "peft_config"):
+        raise LoraTargetError("the backbone already carries an adapter: merge it first (lamra train merge)")
+    with quiet_peft():
+        backbone.model = PeftModel.from_pretrained(backbone.model, str(adapter_dir), is_trainable=True)
+    return _checked_lora(backbone)
+
+
+def _checked_lora(backbone: Backbone) -> list[str]:
     names = lora_module_names(backbone.model)
     check_lora_targets(names)
     for name, param in backbone.model.named_parameters():

@@ -2,7 +2,8 @@
 
 ``final/`` (written when a stage finishes):
   compact   the light format: ``projector.safetensors``, the adapters the run started from (copied
-            from ``init_from``) and this run's adapter under ``adapters/{adapter_name or stage}``, listed in
+            from ``init_from``) and this run's adapter under ``adapters/{adapter_name or stage}`` (with
+            ``continue_adapter``: init_from's last adapter, trained further, in its place), listed in
             ``lamra.json`` (``retrieval_adapters`` in folding order; the rank stage's adapter as
             ``rank_adapter``). Stage 0 writes the projector only. A reranker trained on top of a
             LamRA-Ret (``rank_from_retriever``) writes a whole package: the retriever's adapters and
@@ -61,12 +62,15 @@ def _write_light(recipe: Recipe, backbone: Backbone, out: Path) -> None:
     adapters: list[str] = []
     roles = None
     projector = PROJECTOR_FILE
+    continued = None
     if is_light(recipe.init_from):
         source = Path(recipe.init_from)
         source_config = read_light_config(source)
+        continued = source_config["retrieval_adapters"][-1] if recipe.continue_adapter else None
         for name in source_config.get("retrieval_adapters", []):
-            shutil.copytree(source / name, out / name)
-            adapters.append(name)
+            if name != continued:  # a continued adapter is written below, trained
+                shutil.copytree(source / name, out / name)
+                adapters.append(name)
         if recipe.rank_from_retriever:  # the retrieval role copied under its own file names: same digest
             retrieval_vision = role_vision(source_config, "retrieval")
             shutil.copy(source / retrieval_vision["projector"], out / retrieval_vision["projector"])
@@ -77,6 +81,8 @@ def _write_light(recipe: Recipe, backbone: Backbone, out: Path) -> None:
     rank_adapter = None
     if recipe.stage != "stage0":
         name = f"adapters/{recipe.adapter_name or recipe.stage}"
+        if recipe.continue_adapter and not recipe.adapter_name:
+            name = continued  # same place in the chain, same name
         if name in adapters:
             raise StageSetupError(f"{recipe.init_from} already holds {name}: start {recipe.stage} from an "
                                   "earlier stage, or give this run its own `adapter_name`")

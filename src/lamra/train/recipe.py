@@ -40,6 +40,9 @@ class Recipe:
     model: str | None = None  # weights: hub name or local dir; None = the backbone's default
     init_from: str | None = None  # merged or adapter weights to start from (stage 2: stage 1's)
     adapter_name: str | None = None  # compact: this run's folder under adapters/ (default: the stage)
+    continue_adapter: bool = False  # compact stage 2: train init_from's last retrieval adapter further (its
+    # own rank and alpha; lora_r/lora_alpha unused) instead of adding one, so a package continued this way
+    # is packaged again without a lossy fold (package.fold_adapters cuts a sum of adapters to one rank)
     output_dir: str = "runs/{name}"  # run dir: checkpoints, logs, final adapter; {name} = recipe name
     name: str = ""  # defaults to the file name without .yaml
 
@@ -271,6 +274,8 @@ def _check_recipe(recipe: Recipe, source: str) -> None:
              "(the frozen trunk's mean-pooled map, that token's features, is the teacher)")
     if not 0.0 <= recipe.mixed_batch_ratio <= 1.0:
         fail(f"mixed_batch_ratio must be in [0, 1], got {recipe.mixed_batch_ratio}")
+    if recipe.continue_adapter and (recipe.backbone != "compact" or recipe.stage != "stage2"):
+        fail("continue_adapter is for the compact backbone's stage2 (it continues a light checkpoint's adapter)")
     if recipe.batch_family_key and not recipe.batch_by_task:
         fail("batch_family_key needs batch_by_task: true (families are kept together inside one task's batches)")
     if recipe.mixed_batch_ratio and not recipe.batch_by_task:

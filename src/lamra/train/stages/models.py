@@ -62,6 +62,8 @@ def _load_compact(recipe: Recipe, role: str) -> Backbone:
         torch.manual_seed(recipe.seed)
         return CompactBackbone.from_parts(image_grid=grid, seed=recipe.seed,
                                           global_image_token=recipe.global_image_token)
+    if recipe.continue_adapter and not is_light(source):
+        raise StageSetupError(f"continue_adapter needs init_from to be a light checkpoint, got {source!r}")
     if is_light(source):
         config = read_light_config(Path(source))
         if recipe.num_visual_tokens is not None and config["image_grid"] != grid:
@@ -76,12 +78,20 @@ def _load_compact(recipe: Recipe, role: str) -> Backbone:
             )
         if recipe.rank_from_retriever and not config.get("retrieval_adapters"):
             raise StageSetupError(f"rank_from_retriever: {source} holds no LamRA-Ret (no retrieval adapters)")
-        return load_light_compact(source, role="retrieval", global_image_token=recipe.global_image_token)
+        if recipe.continue_adapter and not config.get("retrieval_adapters"):
+            raise StageSetupError(f"continue_adapter: {source} holds no retrieval adapter to continue")
+        return load_light_compact(source, role="retrieval", global_image_token=recipe.global_image_token,
+                                  fold_last=not recipe.continue_adapter)
     if not Path(source).is_dir():
         raise StageSetupError(
             f"init_from/model {source!r} not found: run the previous stage first (or fix the recipe)"
         )
     return CompactBackbone.from_pretrained(source)
+
+
+def continued_adapter(recipe: Recipe) -> str:
+    """``continue_adapter``: the folder (under init_from) of the retrieval adapter the run trains further."""
+    return read_light_config(Path(recipe.init_from))["retrieval_adapters"][-1]
 
 
 def _load_qwen(recipe: Recipe) -> Backbone:

@@ -33,9 +33,9 @@ class StageResult:
 
 def run_stage(recipe: Recipe, stop_after: int | None = None, show_progress: bool = True) -> StageResult:
     """Train one stage as its recipe says (resuming its run directory if it has checkpoints)."""
-    from lamra.train.lora import add_lora, train_projector_only
+    from lamra.train.lora import add_lora, continue_lora, train_projector_only
     from lamra.train.merge import write_final
-    from lamra.train.stages.models import load_training_backbone
+    from lamra.train.stages.models import continued_adapter, load_training_backbone
 
     init_distributed()
     seed_everything(recipe.seed)  # same on every rank: identical LoRA / projector initialisation
@@ -46,7 +46,10 @@ def run_stage(recipe: Recipe, stop_after: int | None = None, show_progress: bool
     seed_everything(recipe.seed)
     stage = importlib.import_module(STAGE_MODULES[recipe.stage])
     if stage.TRAINS_LORA:
-        add_lora(backbone, recipe.lora_r, recipe.lora_alpha, recipe.lora_dropout)
+        if recipe.continue_adapter:
+            continue_lora(backbone, Path(recipe.init_from) / continued_adapter(recipe))
+        else:
+            add_lora(backbone, recipe.lora_r, recipe.lora_alpha, recipe.lora_dropout)
         model = backbone.model
         if recipe.train_projector:  # after add_lora, which checks that only adapters train
             backbone.hf_model.multi_modal_projector.requires_grad_(True)
