@@ -139,6 +139,12 @@ def test_continue_adapter_trains_the_packaged_adapter_in_place(chain):
     assert max(float((weights[k] - start[k].float()).abs().max()) for k in start) > 1e-4
     # packaging it again cuts nothing: the continued adapter already has the package's rank
     assert fold_adapters([trained], chain["continued"].final_dir.parent / "refolded", RETRIEVAL_RANK) < 1e-3
+    # and the package says every run its retrieval role grew from, the package's own ones first
+    from lamra.train.package import package_retrieval
+
+    repackaged = read_light_config(package_retrieval(chain["continued"].final_dir, trained.parents[2] / "repackaged"))
+    runs = [record["run"] for record in repackaged["trained_on"]["retrieval"]]
+    assert runs == ["smoke-stage0", "smoke-stage1", "smoke-stage2", "smoke-continued"]
 
 
 def test_trained_models_load_and_run(chain, images):

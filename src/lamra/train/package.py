@@ -29,6 +29,7 @@ from safetensors.torch import load_file, save_file
 
 from lamra.atomic_io import atomic_directory
 from lamra.light_checkpoint import (
+    CONFIG_NAME,
     PROJECTOR_FILE,
     RETRIEVAL_PROJECTOR_FILE,
     load_appearance,
@@ -91,7 +92,8 @@ def to_bf16(path: Path) -> None:
 def read_hardware(final: Path) -> list[dict]:
     """Where the weights of a ``final/`` were trained: the hardware records of its run and of the runs
     it grew from (each run's ``init_from``, followed while those runs are on disk), earliest first,
-    each with its run's name. Empty for runs older than the log."""
+    each with its run's name. A run that started from a package (``continue_adapter``) inherits the
+    package's own record of its retrieval role. Empty for runs older than the log."""
     records: list[dict] = []
     run, seen = final.parent, set()
     while run not in seen and (run / HARDWARE_LOG).is_file():
@@ -102,6 +104,9 @@ def read_hardware(final: Path) -> list[dict]:
         if not init_from:
             break
         run = Path(init_from).parent
+        if not (run / HARDWARE_LOG).is_file() and (Path(init_from) / CONFIG_NAME).is_file():
+            records[:0] = read_light_config(Path(init_from)).get("trained_on", {}).get("retrieval", [])
+            break
     return records
 
 
