@@ -209,6 +209,8 @@ def json_lines(path: Path, error: type[Exception] = None) -> Iterator[tuple[int,
 
 
 _ID = re.compile(r"^\d+:\d+$")
+
+
 def src_field(src_content: Any, key: str) -> str | int | None:
     """One field of a ``query_src_content`` / ``src_content`` (a JSON object or its text), else None."""
     if isinstance(src_content, str):

@@ -41,7 +41,7 @@ class Recipe:
     init_from: str | None = None  # merged or adapter weights to start from (stage 2: stage 1's)
     adapter_name: str | None = None  # compact: this run's folder under adapters/ (default: the stage)
     continue_adapter: bool = False  # compact stage 2: train init_from's last retrieval adapter further (its
-    # own rank and alpha; lora_r/lora_alpha unused) instead of adding one, so a package continued this way
+    # own rank, alpha and dropout; the lora_* keys unused) instead of adding one, so a package continued this way
     # is packaged again without a lossy fold (package.fold_adapters cuts a sum of adapters to one rank)
     output_dir: str = "runs/{name}"  # run dir: checkpoints, logs, final adapter; {name} = recipe name
     name: str = ""  # defaults to the file name without .yaml
