@@ -34,7 +34,7 @@ from lamra.light_checkpoint import (
     write_light_config,
 )
 from lamra.train.recipe import Recipe
-from lamra.train.stages.models import StageSetupError, is_light, load_qwen_any
+from lamra.train.stages.models import StageSetupError, continued_adapter, is_light, load_qwen_any
 
 FINAL, MERGED = "final", "merged"
 
@@ -66,7 +66,7 @@ def _write_light(recipe: Recipe, backbone: Backbone, out: Path) -> None:
     if is_light(recipe.init_from):
         source = Path(recipe.init_from)
         source_config = read_light_config(source)
-        continued = source_config["retrieval_adapters"][-1] if recipe.continue_adapter else None
+        continued = continued_adapter(recipe) if recipe.continue_adapter else None
         for name in source_config.get("retrieval_adapters", []):
             if name != continued:  # a continued adapter is written below, trained
                 shutil.copytree(source / name, out / name)
