@@ -84,6 +84,10 @@ def test_unknown_keys_and_bad_values_name_the_key_and_file(tmp_path):
         ("stage: stage2\nrank_datasets: [EmojiQA]\n", "rank_datasets is for the rank stage"),
         ("stage: rank\nrank_datasets: []\n", "rank_datasets must be a list of strings"),
         ("stage: rank\nrank_datasets: [EmojiQA, Nowhere]\n", "unknown dataset 'Nowhere'"),
+        ("stage: rank\ndataset_fractions: {EmojiQA: 0.5}\n", "dataset_fractions is for stage2"),
+        ("stage: stage2\ndataset_fractions: {Nowhere: 0.5}\n", "dataset_fractions: unknown dataset 'Nowhere'"),
+        ("stage: stage2\ndataset_fractions: {EmojiQA: 0}\n", "EmojiQA's fraction must be in"),
+        ("stage: stage2\ndataset_fractions: [EmojiQA]\n", "dataset_fractions must be a mapping"),
         ("stage: rank\njoint_rank_weight: 1\nrerank_data: m.jsonl\n", "joint_rank_weight is for the compact backbone's stage2"),
         ("stage: stage2\njoint_rank_weight: 1\n", "joint_rank_weight is for .* with `rerank_data`"),
         ("stage: stage2\njoint_rank_weight: -1\n", "joint_rank_weight must be >= 0"),
@@ -228,6 +232,27 @@ def test_families_hold_one_query_per_positive_and_respect_the_size_cap(tmp_path)
     assert sorted(map(sorted, families)) == [[0, 2, 3, 4, 5, 6], [1], [7]]  # query 8 has no concept
     assert sorted(map(len, data.families("concept", max_size=4))) == [1, 1, 2, 4]
     assert data.families("vendor") == []
+
+
+def test_dataset_fractions_keep_a_seeded_share_of_the_listed_datasets(tmp_path):
+    from lamra.train.stages.mbeir_data import MBEIRTrainData
+
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text("".join(json.dumps({"did": f"{d}:{n}", "txt": f"c{n}", "img_path": None, "modality": "text"}) + "\n"
+                            for d in (10, 11) for n in range(400)))
+    train = tmp_path / "query" / "train.jsonl"
+    train.parent.mkdir()
+    train.write_text("".join(json.dumps({"qid": f"{d}:{n}", "query_txt": f"q{n}", "query_img_path": None,
+                                         "query_modality": "text", "pos_cand_list": [f"{d}:{n}"], "task_id": d - 10})
+                             + "\n" for d in (10, 11) for n in range(400)))
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"stage: stage2\ntrain_data: {train}\ncand_pool: {pool}\ndataset_fractions: {{WordNetPassage: 0.25}}\n")
+    data = MBEIRTrainData.from_recipe(load_recipe(recipe), need_instructions=False)
+    kept = [q.qid for q in data.queries if q.dataset_id == "11"]
+    assert sum(q.dataset_id == "10" for q in data.queries) == 400  # unlisted: every query
+    assert 60 <= len(kept) <= 140  # about a quarter of 400
+    assert kept == [q.qid for q in MBEIRTrainData.from_recipe(load_recipe(recipe), need_instructions=False).queries
+                    if q.dataset_id == "11"]  # the same draw every time
 
 
 def test_training_device_resolves_auto_and_the_local_rank(monkeypatch):

@@ -117,6 +117,9 @@ class Recipe:
     instructions: str | None = None
     rerank_data: str | None = None  # mined top-K file (stage rank)
     max_train_examples: int | None = None  # use only the first N training examples
+    dataset_fractions: dict[str, float] | None = None  # stage 2: keep this share of a dataset's training
+    # queries (dataset name or id -> fraction in (0, 1], a seeded draw per query; unlisted datasets keep
+    # all), to weight the tasks of a run, e.g. a continuation that rehearses the others at a quarter
 
     # Bookkeeping.
     save_every: int = 100  # optimizer steps between checkpoints
@@ -230,12 +233,16 @@ def _check_value(key: str, value: Any, annotation: Any, source: str) -> Any:
             return value
         if kind == list[str] and isinstance(value, list) and value and all(isinstance(v, str) for v in value):
             return value
+        if kind == dict[str, float] and isinstance(value, dict) and value and all(
+                isinstance(k, str | int) and isinstance(v, int | float) and not isinstance(v, bool)
+                for k, v in value.items()):
+            return {str(k): float(v) for k, v in value.items()}
     return _bad(key, value, allowed, source)
 
 
 def _bad(key: str, value: Any, allowed: tuple, source: str) -> Any:
     words = {bool: "true/false", int: "an integer", float: "a number", str: "a string", type(None): "null",
-             list[str]: "a list of strings"}
+             list[str]: "a list of strings", dict[str, float]: "a mapping of datasets to numbers"}
     names = " or ".join(words[kind] for kind in allowed)
     raise RecipeError(f"{source}: {key} must be {names}, got {value!r}")
 
@@ -313,5 +320,15 @@ def _check_recipe(recipe: Recipe, source: str) -> None:
                 dataset_id_of(dataset)
             except ValueError:
                 fail(f"rank_datasets: unknown dataset {dataset!r}")
+    if recipe.dataset_fractions is not None:
+        if recipe.stage != "stage2":
+            fail("dataset_fractions is for stage2")
+        for dataset, fraction in recipe.dataset_fractions.items():
+            try:
+                dataset_id_of(dataset)
+            except ValueError:
+                fail(f"dataset_fractions: unknown dataset {dataset!r}")
+            if not 0.0 < fraction <= 1.0:
+                fail(f"dataset_fractions: {dataset}'s fraction must be in (0, 1], got {fraction}")
     if not 2 <= recipe.listwise_min_candidates <= recipe.listwise_max_candidates:
         fail("need 2 <= listwise_min_candidates <= listwise_max_candidates")

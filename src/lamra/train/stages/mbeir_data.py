@@ -17,6 +17,7 @@ from lamra.data.mbeir import (
     MBEIRCandidate,
     MBEIRQuery,
     cand_pool_dict,
+    dataset_id_of,
     normalize_modality,
     read_instructions,
     read_jsonl,
@@ -59,8 +60,12 @@ class MBEIRTrainData:
     def from_recipe(cls, recipe: Recipe, need_instructions: bool = True) -> MBEIRTrainData:
         _require(recipe, "train_data", "cand_pool", *(("instructions",) if need_instructions else ()))
         pool = cand_pool_dict(read_jsonl(recipe.cand_pool, "candidate"))
+        fractions = {dataset_id_of(name): share for name, share in (recipe.dataset_fractions or {}).items()}
         queries = []
         for query in read_jsonl(recipe.train_data, "query"):
+            share = fractions.get(query.dataset_id, 1.0)
+            if share < 1.0 and random.Random(f"{recipe.seed}:{query.qid}:fraction").random() >= share:
+                continue
             if any(did in pool for did in query.pos_cand_list):  # a query without a positive cannot train
                 queries.append(query)
             if recipe.max_train_examples and len(queries) >= recipe.max_train_examples:
