@@ -145,6 +145,15 @@ def test_continue_adapter_trains_the_packaged_adapter_in_place(chain):
     repackaged = read_light_config(package_retrieval(chain["continued"].final_dir, trained.parents[2] / "repackaged"))
     runs = [record["run"] for record in repackaged["trained_on"]["retrieval"]]
     assert runs == ["smoke-stage0", "smoke-stage1", "smoke-stage2", "smoke-continued"]
+    # beside a package's reranker (a refined retriever shipped with the reranker as it was), that
+    # reranker keeps the package's record of where it was trained
+    from lamra.train.package import package_compact
+
+    shipped_rank = read_light_config(chain["packaged"])["trained_on"]["rank"]
+    assert shipped_rank
+    both = read_light_config(package_compact(chain["continued"].final_dir, chain["packaged"], trained.parents[2] / "both"))
+    assert both["trained_on"]["rank"] == shipped_rank
+    assert [record["run"] for record in both["trained_on"]["retrieval"]] == runs
 
 
 def test_trained_models_load_and_run(chain, images):

@@ -89,11 +89,14 @@ def to_bf16(path: Path) -> None:
     save_file({k: v.to(torch.bfloat16).contiguous() for k, v in tensors.items()}, str(path))
 
 
-def read_hardware(final: Path) -> list[dict]:
+def read_hardware(final: Path, role: str = "retrieval") -> list[dict]:
     """Where the weights of a ``final/`` were trained: the hardware records of its run and of the runs
     it grew from (each run's ``init_from``, followed while those runs are on disk), earliest first,
     each with its run's name. A run that started from a package (``continue_adapter``) inherits the
-    package's own record of its retrieval role. Empty for runs older than the log."""
+    package's own record of its retrieval role; a package itself (a shipped reranker packaged again
+    beside a new retriever) gives its record of ``role``. Empty for runs older than the log."""
+    if not (final.parent / HARDWARE_LOG).is_file() and (final / CONFIG_NAME).is_file():
+        return read_light_config(final).get("trained_on", {}).get(role, [])
     records: list[dict] = []
     run, seen = final.parent, set()
     while run not in seen and (run / HARDWARE_LOG).is_file():
@@ -163,7 +166,7 @@ def package_compact(retrieval_final: Path, rank_final: Path, out_dir: Path) -> P
             to_bf16(tensors)
         if retrieval["image_grid"] != rank["image_grid"]:
             raise ValueError(f"LamRA-Ret has a {retrieval['image_grid']}-grid, LamRA-Rank a {rank['image_grid']}-grid")
-        trained_on = {role: read_hardware(final) for role, final in (("retrieval", retrieval_final), ("rank", rank_final))}
+        trained_on = {role: read_hardware(final, role) for role, final in (("retrieval", retrieval_final), ("rank", rank_final))}
         write_light_config(folder, retrieval["image_grid"], ["adapters/retrieval"], "adapters/rank",
                            rank_vision["global_image_token"], roles, {k: v for k, v in trained_on.items() if v})
     return out_dir
