@@ -149,9 +149,10 @@ def test_continue_adapter_trains_the_packaged_adapter_in_place(chain):
     # reranker keeps the package's record of where it was trained
     from lamra.train.package import package_compact
 
-    shipped_rank = read_light_config(chain["packaged"])["trained_on"]["rank"]
-    assert shipped_rank
-    both = read_light_config(package_compact(chain["continued"].final_dir, chain["packaged"], trained.parents[2] / "both"))
+    shipped = package_compact(chain["stage2"].final_dir, chain["rank"].final_dir, trained.parents[2] / "shipped")
+    shipped_rank = read_light_config(shipped)["trained_on"]["rank"]
+    assert [record["run"] for record in shipped_rank] == ["smoke-stage0", "smoke-rank"]
+    both = read_light_config(package_compact(chain["continued"].final_dir, shipped, trained.parents[2] / "both"))
     assert both["trained_on"]["rank"] == shipped_rank
     assert [record["run"] for record in both["trained_on"]["retrieval"]] == runs
 

@@ -95,8 +95,9 @@ def read_hardware(final: Path, role: str = "retrieval") -> list[dict]:
     each with its run's name. A run that started from a package (``continue_adapter``) inherits the
     package's own record of its retrieval role; a package itself (a shipped reranker packaged again
     beside a new retriever) gives its record of ``role``. Empty for runs older than the log."""
-    if not (final.parent / HARDWARE_LOG).is_file() and (final / CONFIG_NAME).is_file():
-        return read_light_config(final).get("trained_on", {}).get(role, [])
+    packaged = read_light_config(final).get("trained_on") if (final / CONFIG_NAME).is_file() else None
+    if packaged is not None:  # a package says where its roles were trained; a run's final/ does not
+        return packaged.get(role, [])
     records: list[dict] = []
     run, seen = final.parent, set()
     while run not in seen and (run / HARDWARE_LOG).is_file():
