@@ -45,6 +45,7 @@ LMM_ONLY = "LamRA-Ret, LMM embedding only"
 # move by a few queries a task between machines; in fp32 neither matters beyond float32's last bits.
 FP32 = "LamRA-Ret, fp32"
 INDEX_DIR = Path("runs/eval-index")
+PREVIOUS = "previous package"
 # The instruction study: the task's own instructions (the main row), none, and paraphrases written for
 # the test only (never trained on).
 HELDOUT_INSTRUCTIONS = Path("docs/pocketbeir/heldout_instructions.tsv")
@@ -99,7 +100,7 @@ def load_encoder(key: str):
 
 def run_method(key: str) -> None:
     name = METHOD_KEYS[key]
-    out = OUT / name.replace(" ", "_").replace(",", "")
+    out = _out(name)
     checkpoint = CHECKPOINTS.get("LamRA-Ret" if name in (LMM_ONLY, FP32) else name)
     if checkpoint and not Path(checkpoint).exists():  # e.g. a stage trained on another machine
         if (out / "results.json").is_file():
@@ -124,7 +125,7 @@ def run_method(key: str) -> None:
 def run_instructions() -> None:
     encoder = None
     for name, (choice, tsv) in INSTRUCTION_ROWS.items():
-        out = OUT / name.replace(" ", "_").replace(",", "")
+        out = _out(name)
         if finished(out, model_name("LamRA-Ret")):
             print(f"{name}: done already ({out})")
             continue
@@ -136,6 +137,10 @@ def run_instructions() -> None:
 
 def write_pages() -> None:
     rows = {name: _rows(name) for name in METHOD_KEYS.values() if _rows(name)}
+    stale = [name for name in rows if name in (LMM_ONLY, "LamRA-Ret", FP32) and not finished(_out(name), model_name(name))]
+    for name in stale:  # computed with earlier weights than the shipped ones: shown, and said so
+        for row in rows[name]:
+            row["method"] = f"{name} ({PREVIOUS})"
     note = ("Full PocketBEIR test split: all 3,980 test queries; every task's full local pool (its candidates "
             "from all splits) and the global pool (the union, 18,237 candidates). Compact LMM in bf16 autocast "
             "on 2 CPU cores. Baselines with no training: all-MiniLM-L6-v2 (text-only tasks) and the compact "
@@ -149,15 +154,19 @@ def write_pages() -> None:
                  "batch and the CPU change only float32's last bits.")
     elsewhere = (" `results/pocketbeir.md` adds LamRA-Ret in fp32, the reference (in fp32 a vector's batch "
                  "changes only float32's last bits).")
+    if stale:
+        note += (f" Rows marked ({PREVIOUS}) were computed with weights shipped before the current ones (their "
+                 "results.json names the digest); the command above recomputes them.")
+    label = {name: f"{name} ({PREVIOUS})" if name in stale else name for name in rows}
     order = ["Base (stage 0 only)", "all-MiniLM-L6-v2", "EfficientNet-Lite0 trunk", LMM_ONLY, "LamRA-Ret", FP32]
     page = results_page([r for name in order for r in rows.get(name, [])],
                         title="PocketBEIR (full test split): retrieval", pools=("local", "global"),
-                        methods=[n for n in order if n in rows], notes=note + fp32_note)
+                        methods=[label[n] for n in order if n in rows], notes=note + fp32_note)
     write_markdown("results/pocketbeir.md", COMMAND, page)
     stages = [n for n in [*list(CHECKPOINTS)[:-1], LMM_ONLY, "LamRA-Ret"] if n in rows]
     page = results_page([r for name in stages for r in rows[name]],
                         title="Compact LamRA by training stage (PocketBEIR full test split)",
-                        pools=("local", "global"), methods=stages, notes=note + elsewhere)
+                        pools=("local", "global"), methods=[label[n] for n in stages], notes=note + elsewhere)
     write_markdown("results/stages.md", COMMAND, page)
     study = [r for name in ["LamRA-Ret", *INSTRUCTION_ROWS] for r in _rows(name) if r["pool"] == "local"]
     page = results_page(study, title="LamRA-Ret with its task instructions, none, and held-out paraphrases",
@@ -168,8 +177,12 @@ def write_pages() -> None:
     print("wrote results/pocketbeir.md, results/stages.md and results/instructions.md")
 
 
+def _out(name: str) -> Path:
+    return OUT / name.replace(" ", "_").replace(",", "")
+
+
 def _rows(name: str) -> list[dict]:
-    path = OUT / name.replace(" ", "_").replace(",", "") / "results.json"
+    path = _out(name) / "results.json"
     return [r for r in load_results(path)["results"] if r["method"] == name] if path.is_file() else []
 
 

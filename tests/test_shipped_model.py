@@ -20,9 +20,10 @@ from lamra.model import SHIPPED_DIR
 # on CPU: 0.35 and 0.10; the third, stages 1 and 2 on a GPU: 0.60 and 0.225, 0.20 with the CPU
 # attention kernel). The fourth (stage 2 continued on CPU, recipes/compact-more-stage2.yaml): 0.525
 # and 0.15. The fifth (stage 2 trained 1.6x longer on a GPU, recipes/compact-gpu-long-stage2.yaml):
-# 0.475 and 0.25. The sixth, shipped now (5.8 epochs, recipes/compact-gpu-6epoch-stage2.yaml): 0.625
-# and 0.275, with retrieval R@1 0.30 (full test split, results/pocketbeir.md: EmojiName 11.0 -> 15.3).
-MEASURED = {"retrieval_r5": 0.625, "rerank_r1": 0.275}
+# 0.475 and 0.25. The sixth (5.8 epochs, recipes/compact-gpu-6epoch-stage2.yaml): 0.625 and 0.275.
+# The seventh, shipped now (its adapter continued on CPU toward skin tones,
+# recipes/compact-cpu-tone-stage2.yaml): 0.60 and 0.35, with retrieval R@1 0.375 (0.30 before).
+MEASURED = {"retrieval_r5": 0.60, "rerank_r1": 0.35}
 TASK = "emojiname_task0"  # t -> i: "grinning face with big eyes" -> the emoji image
 
 
@@ -62,18 +63,24 @@ def test_retrieval_quality_floor(model, subset):
     assert recall >= 0.8 * MEASURED["retrieval_r5"], recall
 
 
-# Image -> image (EmojiVendor: the same emoji in the other vendor's style) on the same kind of subset,
-# with the shipped appearance channel and without it (the same weights: the LMM embedding alone).
-# Measured with this procedure on the shipped package (384 whitened components, w = 2): 0.725 with
-# the channel, 0.65 without (full test split, results/pocketbeir.md: 64.3 vs 44.8).
+# Image -> image (EmojiVendor: the same emoji in the other vendor's style) with the shipped appearance
+# channel and without it (the same weights: the LMM embedding alone), on a subset of 120 queries: at 40,
+# one query decides (the package shipped now: 0.725 with the channel, 0.75 without; at 120, 0.733 and
+# 0.658). Measured with this procedure on that package (384 whitened components, w = 1.5).
 VENDOR_TASK = "emojivendor_task4"
-VENDOR_MEASURED = {"channel": 0.725, "lmm_only": 0.65}
+VENDOR_MEASURED = {"channel": 0.733, "lmm_only": 0.658}
 
 
-def test_the_appearance_channel_lifts_image_to_image_retrieval(model, subset):
+@pytest.fixture(scope="module")
+def vendor_subset(subset):
+    full = subset.parent / "full"  # the full build the first subset was cut from
+    return subset_mbeir(full, full.parent / "vendor", "test", queries_per_task=120, distractor_concepts=60, seed=1)
+
+
+def test_the_appearance_channel_lifts_image_to_image_retrieval(model, vendor_subset):
     lmm_only = LamRA(model.backbone, precision=model.precision)  # no channel: cosine of the LMM embedding
     assert (model.similarity, lmm_only.similarity) == ("dot", "cosine")
-    recall = {name: evaluate_mbeir(encoder, subset, tasks=[VENDOR_TASK], show_progress=False).results[0].metrics["R@5"]
+    recall = {name: evaluate_mbeir(encoder, vendor_subset, tasks=[VENDOR_TASK], show_progress=False).results[0].metrics["R@5"]
               for name, encoder in (("channel", model), ("lmm_only", lmm_only))}
     assert recall["channel"] >= 0.8 * VENDOR_MEASURED["channel"], recall
     assert recall["channel"] > recall["lmm_only"], recall
@@ -101,11 +108,11 @@ FIXED_QUERIES = [
     (("the same emoji", "twitter-1f431.png"), None, "cat face"),
     (("the same food", "twitter-1f355.png"), None, "pizza"),
 ]
-# Measured on the shipped weights: 13 of 16, above the issue's bar of 10 of 12 (a blind model gets
-# about 1; the CPU-trained model 11; the next three 12, 12 and 14). The floor guards what is shipped,
-# one miss below the measurement. Misses: "a pet that meows" -> dog face, "a loyal pet that barks" ->
-# cat face (the two pets swapped), "a ball kicked in football" -> pizza.
-FIXED_FLOOR = 12 / 16
+# Measured on the shipped weights: 14 of 16, above the issue's bar of 10 of 12 (a blind model gets
+# about 1; the CPU-trained model 11; the next four 12, 12, 14 and 13). The floor guards what is shipped,
+# one miss below the measurement. Misses: "a loyal pet that barks" -> cat face, "a ball kicked in
+# football" -> pizza.
+FIXED_FLOOR = 13 / 16
 
 
 def test_fixed_demo_queries_hit_at_top_1(model):
