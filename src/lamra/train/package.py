@@ -89,29 +89,22 @@ def to_bf16(path: Path) -> None:
     save_file({k: v.to(torch.bfloat16).contiguous() for k, v in tensors.items()}, str(path))
 
 
-def read_hardware(final: Path, role: str = "retrieval") -> list[dict]:
+def read_hardware(final: Path, role: str = "retrieval", seen: frozenset = frozenset()) -> list[dict]:
     """Where the weights of a ``final/`` were trained: the hardware records of its run and of the runs
     it grew from (each run's ``init_from``, followed while those runs are on disk), earliest first,
-    each with its run's name. A run that started from a package (``continue_adapter``) inherits the
-    package's own record of its retrieval role; a package itself (a shipped reranker packaged again
-    beside a new retriever) gives its record of ``role``. Empty for runs older than the log."""
+    each with its run's name. A package (a run's ``init_from`` with ``continue_adapter``, or a shipped
+    reranker packaged again beside a new retriever) gives its own record of ``role``; a run that grew
+    from a package takes the package's record of its retrieval role. Empty for runs older than the log."""
     packaged = read_light_config(final).get("trained_on") if (final / CONFIG_NAME).is_file() else None
     if packaged is not None:  # a package says where its roles were trained; a run's final/ does not
         return packaged.get(role, [])
-    records: list[dict] = []
-    run, seen = final.parent, set()
-    while run not in seen and (run / HARDWARE_LOG).is_file():
-        seen.add(run)
-        records[:0] = [{"run": run.name, **record} for record in json.loads((run / HARDWARE_LOG).read_text())]
-        recipe = run / "recipe.yaml"
-        init_from = yaml.safe_load(recipe.read_text()).get("init_from") if recipe.is_file() else None
-        if not init_from:
-            break
-        run = Path(init_from).parent
-        if not (run / HARDWARE_LOG).is_file() and (Path(init_from) / CONFIG_NAME).is_file():
-            records[:0] = read_light_config(Path(init_from)).get("trained_on", {}).get("retrieval", [])
-            break
-    return records
+    run = final.parent
+    if run in seen or not (run / HARDWARE_LOG).is_file():
+        return []
+    records = [{"run": run.name, **record} for record in json.loads((run / HARDWARE_LOG).read_text())]
+    recipe = run / "recipe.yaml"
+    init_from = yaml.safe_load(recipe.read_text()).get("init_from") if recipe.is_file() else None
+    return (read_hardware(Path(init_from), "retrieval", seen | {run}) if init_from else []) + records
 
 
 def fold_retrieval(retrieval_final: Path, folder: Path) -> None:
