@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from lamra.cli import app
 from lamra.demo import DEMO_DIR
 from lamra.items import InputError
+from lamra.index import VectorIndex
 
 runner = CliRunner()
 
@@ -271,7 +272,9 @@ def test_search_reads_an_index_without_encoding_its_pool(tmp_path, monkeypatch):
 
     pool = write_pool(tmp_path / "mbeir")
     index = tmp_path / "index"
-    assert runner.invoke(app, ["index", str(pool), "--out", str(index)]).exit_code == 0
+    built = runner.invoke(app, ["index", str(pool), "--out", str(index), "--index-type", "hnsw"])
+    assert built.exit_code == 0, built.output
+    assert VectorIndex.load(index).manifest["index_type"].startswith("hnsw")  # the type the option named
     encoded = []
     real_encode = lamra.model.LamRA.encode
     monkeypatch.setattr(lamra.model.LamRA, "encode", lambda self, items, **k: encoded.append(len(items)) or

@@ -227,7 +227,7 @@ def index(
     pool: Annotated[Path, typer.Argument(help="An M-BEIR candidate pool jsonl.")],
     out: Annotated[Path, typer.Option(help="Index directory (written atomically; a killed run resumes).")],
     image_root: Annotated[Optional[Path], typer.Option(help="Root for img_path; default: the M-BEIR root.")] = None,
-    index_type: Annotated[str, typer.Option("--index", help="flat (exact), ivf[N], ivfpq, ivfpqfs, hnsw[M], hnsw[M]-pca[D], or a FAISS factory string.")] = "flat",
+    index_type: Annotated[str, typer.Option("--index-type", help="flat (exact), ivf[N], ivfpq, ivfpqfs, hnsw[M], hnsw[M]-pca[D], or a FAISS factory string.")] = "flat",
     batch_size: int = 32,
     model: ModelOption = None,
     precision: PrecisionOption = "auto",
@@ -243,7 +243,7 @@ def index(
     from lamra.index_pool import index_pool, pool_image_root
     from lamra.items import InputError
 
-    try:  # a bad --index fails at the first batch, not after the encoding
+    try:  # a bad --index-type fails at the first batch, not after the encoding
         if ray_address is None:
             built = index_pool(lambda: load_model(model, precision, backend=backend), pool, out, model_name=model or "compact",
                                image_root=image_root, batch_size=batch_size, index_type=index_type)

@@ -1,4 +1,4 @@
-"""FAISS index types by one name: what ``lamra index --index`` and ``VectorIndex.from_vectors`` take.
+"""FAISS index types by one name: what ``lamra index --index-type`` and ``VectorIndex.from_vectors`` take.
 
 ====================  =================================  ==============================================
 name                  FAISS factory string               search parameters (defaults)
