@@ -8,7 +8,9 @@
    pool, scored with the channel at each power of ``--whiten`` and weight of ``--grid`` (the model
    encodes each item once; the grid only changes the channel's block). The pair with the best
    average R@5 wins; a tie goes to the smaller weight.
-   ``--dims`` (the PCA components kept) is swept the same way.
+   ``--dims`` (the PCA components kept) is swept the same way, and so is ``--ignore-tone``: how many
+   skin-tone directions (``AppearanceChannel.within_group_directions`` over each training drawing and
+   its tone variants) are projected out before the PCA.
 3. The channel is written into the package (``appearance.safetensors``, named in ``lamra.json``), and
    ``--page`` records the grid (val numbers only: test is for the results pages).
 
@@ -18,6 +20,7 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import time
@@ -42,6 +45,16 @@ DEFAULT_GRID = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 3.0)
 DEFAULT_WHITENING = (0.0, 0.5, 1.0)
 # At most 384: the shipped weights must stay within 30 MB (384 float16 components of 1,280: 1 MB).
 DEFAULT_DIMS = (128, 256, 384)
+DEFAULT_IGNORED_TONES = (0, 4, 8, 16)
+SKIN_TONE_MODIFIERS = ("1f3fb", "1f3fc", "1f3fd", "1f3fe", "1f3ff")
+
+
+def skin_tone_group(path: str) -> str:
+    """A drawing and its skin-tone variants share a group: the vendor's folder and the file name
+    without tone modifiers (``images/google/1f44b-1f3fd.png`` -> ``google/1f44b``)."""
+    image = Path(path)
+    codes = [code for code in image.stem.lower().split("-") if code not in SKIN_TONE_MODIFIERS]
+    return f"{image.parent.name}/{'-'.join(codes)}"
 
 
 def training_images(data_root: Path) -> list[str]:
@@ -117,52 +130,66 @@ def main() -> None:
     parser.add_argument("--dims", default=",".join(map(str, DEFAULT_DIMS)), help="PCA components kept, tried on val")
     parser.add_argument("--grid", default=",".join(map(str, DEFAULT_GRID)), help="weights tried on val")
     parser.add_argument("--whiten", default=",".join(map(str, DEFAULT_WHITENING)), help="whitening powers tried on val")
+    parser.add_argument("--ignore-tone", default=",".join(map(str, DEFAULT_IGNORED_TONES)),
+                        help="skin-tone directions projected out, tried on val")
     parser.add_argument("--page", default="results/appearance.md")
     parser.add_argument("--dry-run", action="store_true")
     args = parser.parse_args()
     grid = sorted(float(w) for w in args.grid.split(","))
     whitenings = sorted(float(p) for p in args.whiten.split(","))
     dims_grid = sorted(int(d) for d in args.dims.split(","))
+    ignored_grid = sorted(int(t) for t in args.ignore_tone.split(","))
 
     started = time.perf_counter()
     model = LamRA.from_pretrained(args.model, appearance=False)
     model.backbone.persist_features()
     paths = training_images(args.data)
     features = global_features(model, paths, args.data)
-    print(f"PCA of {len(paths)} training images: components {dims_grid}, whitening powers {whitenings}")
+    tone_directions = AppearanceChannel.within_group_directions(features, [skin_tone_group(p) for p in paths],
+                                                                max(ignored_grid))
+    print(f"PCA of {len(paths)} training images: components {dims_grid}, whitening powers {whitenings}, "
+          f"skin-tone directions ignored {ignored_grid}")
 
     encoder = ChannelSweep(model)
     rows, tasks = {}, None
-    for dims in dims_grid:
-        for whiten in whitenings:
-            fitted = AppearanceChannel.fit(features, dims, whiten=whiten)
-            for weight in grid:
-                if weight == 0.0 and rows:  # w = 0 is the LMM alone, whatever the PCA: measured once
-                    continue
-                encoder.channel = fitted.with_weight(weight)
-                report = evaluate_mbeir(encoder, args.data, split="val", pools=("local",), show_progress=not rows)
-                recalls = {r.task.dataset: 100 * r.metrics["R@5"] for r in report.results}
-                tasks = tasks or list(recalls)
-                rows[dims, whiten, weight] = (recalls, float(np.mean(list(recalls.values()))))
-                print(f"{dims} components, whitening {whiten:g}, w = {weight:g}: "
-                      f"val average R@5 {rows[dims, whiten, weight][1]:.1f}", flush=True)
+    for dims, whiten, ignored in itertools.product(dims_grid, whitenings, ignored_grid):
+        fitted = AppearanceChannel.fit(features, dims, whiten=whiten, ignore=tone_directions[:ignored])
+        for weight in grid:
+            if weight == 0.0 and rows:  # w = 0 is the LMM alone, whatever the PCA: measured once
+                continue
+            encoder.channel = fitted.with_weight(weight)
+            report = evaluate_mbeir(encoder, args.data, split="val", pools=("local",), show_progress=not rows)
+            recalls = {r.task.dataset: 100 * r.metrics["R@5"] for r in report.results}
+            tasks = tasks or list(recalls)
+            key = (dims, whiten, ignored, weight)
+            rows[key] = (recalls, float(np.mean(list(recalls.values()))))
+            print(f"{dims} components, whitening {whiten:g}, {ignored} tone directions ignored, w = {weight:g}: "
+                  f"val average R@5 {rows[key][1]:.1f}", flush=True)
     model.backbone.feature_cache.flush()
-    # best average; ties go to the smaller weight, then the weaker whitening, then fewer components
-    best = max(rows, key=lambda key: (round(rows[key][1], 6), -key[2], -key[1], -key[0]))
-    table = markdown_table(["components", "whitening", "w", *(DISPLAY_NAMES.get(t, t) for t in tasks), "Avg"], [
+    # best average; ties go to the smaller weight, then fewer ignored directions, the weaker
+    # whitening, fewer components
+    best = max(rows, key=lambda key: (round(rows[key][1], 6), -key[3], -key[2], -key[1], -key[0]))
+    table = markdown_table(["components", "whitening", "tone dirs ignored", "w",
+                            *(DISPLAY_NAMES.get(t, t) for t in tasks), "Avg"], [
         [*(f"**{v:g}**" if key == best else f"{v:g}" for v in key), *(f"{recalls[t]:.1f}" for t in tasks), f"{average:.1f}"]
         for key, (recalls, average) in rows.items()])
     page = (f"# LamRA-Ret's appearance channel: components, whitening and weight chosen on val\n\n"
             f"Val split, every query, each task's full local pool; R@5 x100. w = 0 is the LMM embedding alone. "
             f"PCA of {len(paths)} training images' global trunk features, each component divided by its standard "
-            f"deviation to the whitening power. Chosen: {best[0]} components, whitening {best[1]:g}, w = {best[2]:g} "
-            f"(best average; ties go to the smaller weight, the weaker whitening, fewer components). Test numbers "
+            f"deviation to the whitening power, after the given number of skin-tone directions (the principal "
+            f"directions along which a training drawing's tone variants differ) are projected out. Chosen: "
+            f"{best[0]} components, whitening {best[1]:g}, {best[2]} tone directions ignored, w = {best[3]:g} "
+            f"(best average; ties go to the smaller weight, fewer ignored directions, the weaker whitening, fewer "
+            f"components). Test numbers "
             f"are on `results/pocketbeir.md`.\n\n{table}\n")
     print(page)
     if args.dry_run:
         return
-    set_appearance(args.model, AppearanceChannel.fit(features, best[0], weight=best[2], whiten=best[1]))
-    command = ".venv/bin/python scripts/fit_appearance.py" + (f" --model {args.model}" if args.model != parser.get_default("model") else "")
+    set_appearance(args.model, AppearanceChannel.fit(features, best[0], weight=best[3], whiten=best[1],
+                                                     ignore=tone_directions[:best[2]]))
+    changed = [f"--{name.replace('_', '-')} {getattr(args, name)}" for name in ("model", "dims", "grid", "whiten", "ignore_tone")
+               if getattr(args, name) != parser.get_default(name)]  # the page names the grid it shows
+    command = " ".join([".venv/bin/python scripts/fit_appearance.py", *changed])
     write_markdown(args.page, command, page)
     print(f"wrote the channel into {args.model} and {args.page}; {time.perf_counter() - started:.0f} s")
 

@@ -36,6 +36,30 @@ def test_fit_is_a_deterministic_orthonormal_pca():
         AppearanceChannel.fit(features[:1], 5)
 
 
+def test_a_direction_that_varies_within_groups_is_found_and_ignored():
+    rng = np.random.default_rng(3)
+    nuisance = np.zeros(20)
+    nuisance[7] = 1.0  # what a skin tone would change: each drawing comes in five shades along it
+    drawings = rng.normal(size=(30, 20)) * 2
+    drawings[:, 7] = 0
+    features = np.concatenate([drawings + 3 * shade * nuisance for shade in (-2, -1, 0, 1, 2)])  # the widest axis
+    groups = [f"drawing {row}" for row in range(30)] * 5
+    found = AppearanceChannel.within_group_directions(features, groups, 1)
+    assert found.shape == (1, 20) and abs(found[0] @ nuisance) > 0.999
+    assert AppearanceChannel.within_group_directions(features, list(range(150)), 1).shape == (0, 20)  # no group of two
+    with pytest.raises(ValueError, match="3 group labels for 150"):
+        AppearanceChannel.within_group_directions(features, groups[:3], 1)
+
+    blind = AppearanceChannel.fit(features, 8, ignore=found)
+    assert np.abs(blind.components @ nuisance).max() < 2e-3  # float16-rounded components
+    shades = blind.vectors(features[[0, 30, 120]], np.ones(3, bool))  # one drawing in three shades
+    np.testing.assert_allclose(shades @ shades.T, 1, atol=1e-3)  # look alike once the shade is ignored
+    seeing = AppearanceChannel.fit(features, 8).vectors(features[[0, 120]], np.ones(2, bool))
+    assert seeing[0] @ seeing[1] < 0.99  # without ``ignore`` the shade counts
+    with pytest.raises(ValueError, match="directions to ignore"):
+        AppearanceChannel.fit(features, 8, ignore=np.ones((1, 5)))
+
+
 def test_scores_are_lmm_cosine_plus_weighted_appearance_cosine_when_both_hold_an_image():
     rng = np.random.default_rng(2)
     channel = random_channel(weight=0.7)

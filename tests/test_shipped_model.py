@@ -66,9 +66,10 @@ def test_retrieval_quality_floor(model, subset):
 # Image -> image (EmojiVendor: the same emoji in the other vendor's style) with the shipped appearance
 # channel and without it (the same weights: the LMM embedding alone), on a subset of 120 queries: at 40,
 # one query decides (the package shipped now: 0.725 with the channel, 0.75 without; at 120, 0.733 and
-# 0.658). Measured with this procedure on that package (384 whitened components, w = 1.5).
+# 0.658 with 384 whitened components and w = 1.5). Measured with this procedure on the channel shipped
+# now, blind to 2 skin-tone directions, w = 1.25: 0.708 and 0.658.
 VENDOR_TASK = "emojivendor_task4"
-VENDOR_MEASURED = {"channel": 0.733, "lmm_only": 0.658}
+VENDOR_MEASURED = {"channel": 0.708, "lmm_only": 0.658}
 
 
 @pytest.fixture(scope="module")

@@ -17,9 +17,11 @@ product (``similarity == "dot"``), and indexes built from it keep the vectors as
 
 The mean, components and their scales come from the training images only (``fit``: PCA, optionally
 whitened, as CNN image descriptors are in instance retrieval: each component divided by a power of
-its standard deviation, so a few dominant directions stop deciding every comparison); the whitening
-power and ``w`` are chosen on val (``scripts/fit_appearance.py``). Stored beside the adapters as
-``appearance.safetensors``.
+its standard deviation, so a few dominant directions stop deciding every comparison), after the
+directions along which a drawing's skin-tone variants differ are projected out: the instruction, read
+by the LMM, says which tone is wanted, and a channel that sees tone pulls every answer toward the
+query picture's own. The whitening power, the number of tone directions and ``w`` are chosen on val
+(``scripts/fit_appearance.py``). Stored beside the adapters as ``appearance.safetensors``.
 """
 
 from __future__ import annotations
@@ -61,13 +63,22 @@ class AppearanceChannel:
         return int(self.components.shape[0])
 
     @classmethod
-    def fit(cls, features: np.ndarray, dims: int, weight: float = 1.0, whiten: float = 0.0) -> AppearanceChannel:
+    def fit(cls, features: np.ndarray, dims: int, weight: float = 1.0, whiten: float = 0.0,
+            ignore: np.ndarray | None = None) -> AppearanceChannel:
         """PCA of training images' global features (n, F): the top ``dims`` directions, each projection
         divided by its standard deviation to the power ``whiten`` (0: plain PCA, 1: full whitening).
+        ``ignore`` (t, F), orthonormal rows, are directions the channel must not see (from
+        ``within_group_directions``): they are projected out before the PCA, so every component is
+        orthogonal to them and the stored format does not change.
         Deterministic (SVD; each component's sign fixed so its largest entry is positive)."""
         features = np.asarray(features, np.float64)
         if features.ndim != 2 or len(features) < 2:
             raise ValueError(f"appearance channel: need at least 2 feature rows (n, F), got shape {features.shape}")
+        if ignore is not None and len(ignore):
+            ignore = np.asarray(ignore, np.float64)
+            if ignore.ndim != 2 or ignore.shape[1] != features.shape[1]:
+                raise ValueError(f"appearance channel: directions to ignore {ignore.shape} for features {features.shape}")
+            features = features - (features @ ignore.T) @ ignore
         dims = min(dims, *features.shape)
         mean = features.mean(axis=0)
         _, singular, vt = np.linalg.svd(features - mean, full_matrices=False)
@@ -79,6 +90,24 @@ class AppearanceChannel:
         # already, so the channel that is measured is the one that is saved.
         components = (components * signs[:, None]).astype(np.float16).astype(np.float32)
         return cls(mean.astype(np.float32), components, scales.astype(np.float32), float(weight))
+
+    @staticmethod
+    def within_group_directions(features: np.ndarray, groups: list, count: int) -> np.ndarray:
+        """The ``count`` directions (orthonormal rows) along which images of one group differ most:
+        the principal components of each feature minus its group's mean, over groups of two or more.
+        With a group per drawing and its skin-tone variants, they are what a tone changes in the
+        trunk's view, which an appearance score should not reward (the instruction says the tone)."""
+        features = np.asarray(features, np.float64)
+        if len(groups) != len(features):
+            raise ValueError(f"appearance channel: {len(groups)} group labels for {len(features)} feature rows")
+        members: dict = {}
+        for row, group in enumerate(groups):
+            members.setdefault(group, []).append(row)
+        residuals = [features[rows] - features[rows].mean(axis=0) for rows in members.values() if len(rows) > 1]
+        if not residuals or count < 1:
+            return np.zeros((0, features.shape[1]))
+        _, _, vt = np.linalg.svd(np.concatenate(residuals), full_matrices=False)
+        return vt[:count]
 
     def with_weight(self, weight: float) -> AppearanceChannel:
         return AppearanceChannel(self.mean, self.components, self.scales, float(weight))
