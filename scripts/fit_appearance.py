@@ -39,6 +39,7 @@ from lamra.evaluate.runner import evaluate_mbeir
 from lamra.evaluate.tables import DISPLAY_NAMES, markdown_table, write_markdown
 from lamra.items import load_image
 from lamra.light_checkpoint import set_appearance
+from lamra.pocketbeir.emoji import TONES
 from lamra.retriever import autocast_for
 
 DEFAULT_GRID = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 3.0)
@@ -46,14 +47,13 @@ DEFAULT_WHITENING = (0.0, 0.5, 1.0)
 # At most 384: the shipped weights must stay within 30 MB (384 float16 components of 1,280: 1 MB).
 DEFAULT_DIMS = (128, 256, 384)
 DEFAULT_IGNORED_TONES = (0, 4, 8, 16)
-SKIN_TONE_MODIFIERS = ("1f3fb", "1f3fc", "1f3fd", "1f3fe", "1f3ff")
 
 
 def skin_tone_group(path: str) -> str:
     """A drawing and its skin-tone variants share a group: the vendor's folder and the file name
     without tone modifiers (``images/google/1f44b-1f3fd.png`` -> ``google/1f44b``)."""
     image = Path(path)
-    codes = [code for code in image.stem.lower().split("-") if code not in SKIN_TONE_MODIFIERS]
+    codes = [code for code in image.stem.split("-") if code.upper() not in TONES]
     return f"{image.parent.name}/{'-'.join(codes)}"
 
 
