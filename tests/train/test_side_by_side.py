@@ -71,12 +71,42 @@ def test_job_names_must_be_unique(tmp_path):
 
 
 def test_device_train_runs_each_recipe_as_its_own_stage_with_the_budget(monkeypatch):
-    spec = importlib.util.spec_from_file_location("device_train", REPO / "scripts" / "device_train.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    jobs = script.jobs_for(["smoke-stage2", "smoke-rank"], 7.0, ["device=cuda", "output_dir=/tmp/elsewhere/{name}"])
+    jobs = load_script("device_train").jobs_for(["smoke-stage2", "smoke-rank"], 7.0, ["device=cuda", "output_dir=/tmp/elsewhere/{name}"])
     assert [job.name for job in jobs] == ["smoke-stage2", "smoke-rank"]
     stage2, rank = (job.command for job in jobs)
     assert stage2[stage2.index("train") + 1] == "stage2" and rank[rank.index("train") + 1] == "rank"
     assert "max_minutes=7.0" in stage2 and "device=cuda" in rank
     assert jobs[0].run_dir == Path("/tmp/elsewhere/smoke-stage2")  # where the overridden run writes
+
+
+def load_script(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    return script
+
+
+def test_device_results_packs_each_run_into_one_bf16_tar_without_the_dropped_parts(tmp_path):
+    import tarfile
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    run = tmp_path / "out" / "a-rank"
+    (run / "final" / "adapters" / "rank").mkdir(parents=True)
+    (run / "final" / "adapters" / "retrieval").mkdir(parents=True)
+    weights = {"lora_A": torch.randn(16, 64), "steps": torch.arange(3)}
+    save_file(weights, run / "final" / "adapters" / "rank" / "adapter_model.safetensors")
+    save_file(weights, run / "final" / "adapters" / "retrieval" / "adapter_model.safetensors")
+    (run / "losses.jsonl").write_text('{"step": 1, "loss": 0.5}\n')
+
+    archive = load_script("device_results").pack_run(run, ["final/adapters/retrieval"])
+
+    assert archive == tmp_path / "out" / "a-rank.tar" and not run.exists()
+    with tarfile.open(archive) as tar:
+        names = tar.getnames()
+        tar.extractall(tmp_path / "home", filter="data")
+    assert "a-rank/losses.jsonl" in names and not any("retrieval" in name for name in names)
+    back = load_file(tmp_path / "home" / "a-rank" / "final" / "adapters" / "rank" / "adapter_model.safetensors")
+    assert back["lora_A"].dtype == torch.bfloat16 and back["steps"].dtype == torch.int64  # only floats cast
+    assert torch.allclose(back["lora_A"].float(), weights["lora_A"], rtol=1e-2, atol=1e-2)
