@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 from lamra import LamRA
 from lamra.appearance import AppearanceChannel
 from lamra.assets import lamra_home
+from lamra.evaluate.remembering import RememberingEncoder
 from lamra.evaluate.runner import evaluate_mbeir
 from lamra.evaluate.tables import DISPLAY_NAMES, markdown_table, write_markdown
 from lamra.items import load_image
@@ -102,25 +103,19 @@ class ChannelSweep:
 
     def __init__(self, model: LamRA):
         self.model = model  # loaded without a channel
+        self.lmm = RememberingEncoder(model)
         self.channel: AppearanceChannel | None = None
-        self._vectors: dict[tuple, np.ndarray] = {}
         self._features: dict[str, np.ndarray] = {}
 
     def encode(self, items, instruction=None, role: str = "query", image_root=None, **options) -> np.ndarray:
-        instructions = instruction if isinstance(instruction, (list, tuple)) else [instruction] * len(items)
-        keys = [(json.dumps(item, sort_keys=True, default=str), text, role) for item, text in zip(items, instructions)]
-        fresh = [row for row, key in enumerate(keys) if key not in self._vectors]
-        if fresh:
-            vectors = self.model.encode([items[row] for row in fresh], instruction=[instructions[row] for row in fresh],
-                                        role=role, image_root=image_root, **options)
-            self._vectors.update((keys[row], vector) for row, vector in zip(fresh, vectors))
+        lmm_vectors = self.lmm.encode(items, instruction=instruction, role=role, image_root=image_root, **options)
         paths = [item.get("img_path") for item in items]  # evaluation items: one image at most
         missing = sorted({p for p in paths if p and p not in self._features})
         if missing:
             self._features.update(zip(missing, global_features(self.model, missing, Path(image_root), progress=False)))
         features = np.stack([self._features[p] if p else np.zeros_like(self.channel.mean) for p in paths])
         block = self.channel.vectors(features, np.array([bool(p) for p in paths]))
-        return np.concatenate([np.stack([self._vectors[key] for key in keys]), block], axis=1)
+        return np.concatenate([lmm_vectors, block], axis=1)
 
 
 def main() -> None:

@@ -39,6 +39,29 @@ def test_search_prints_ranked_hits(tmp_path):
     assert sorted(ranked) == ["cat", "dog", "text"]
 
 
+def test_search_with_query_expansion_still_finds_the_query_image_first(tmp_path):
+    collection = write_collection(tmp_path, [
+        json.dumps({"did": "cat", "img_path": "1f431.png"}),
+        json.dumps({"did": "dog", "img_path": "1f436.png"}),
+        json.dumps({"did": "text", "txt": "a short note about the weather"}),
+    ])
+    result = runner.invoke(app, ["search", "@" + str(DEMO_DIR / "1f431.png"), "--collection", str(collection),
+                                 "--top-k", "3", "--expand", "2", "--expand-weight", "2"])
+    assert result.exit_code == 0, result.output
+    ranked = [line.split()[1] for line in result.output.splitlines() if line.strip()[:2] in ("1.", "2.", "3.")]
+    assert ranked[0] == "cat" and sorted(ranked) == ["cat", "dog", "text"]
+
+
+def test_a_negative_expansion_is_refused_before_the_model_loads(tmp_path, monkeypatch):
+    import lamra.cli
+
+    monkeypatch.setattr(lamra.cli, "load_model", lambda *a, **k: pytest.fail("the model loaded first"))
+    collection = write_collection(tmp_path, [json.dumps({"did": "a", "txt": "fine"})])
+    result = runner.invoke(app, ["search", "query", "--collection", str(collection), "--expand", "-1"])
+    words = " ".join(result.output.replace("│", " ").split())
+    assert result.exit_code == 2 and "must be 0 (off) or a number of hits >= 1, got -1" in words
+
+
 def test_malformed_collection_line_is_named(tmp_path):
     collection = write_collection(tmp_path, [json.dumps({"did": "a", "txt": "fine"}), "{not json"])
     result = runner.invoke(app, ["search", "query", "--collection", str(collection)])

@@ -59,6 +59,26 @@ BackendOption = Annotated[str, typer.Option(
          "decoder run in OpenVINO, about 1.3x faster encoding (benchmarks/encode.py).")]
 
 
+def check_expand(value: int) -> int:
+    if value < 0:
+        raise typer.BadParameter(f"must be 0 (off) or a number of hits >= 1, got {value}")
+    return value
+
+
+ExpandOption = Annotated[int, typer.Option(
+    "--expand", callback=check_expand,
+    help="Query expansion: search again with each query moved toward the mean of its first N hits "
+         "(pseudo-relevance feedback; 0: off). results/query_expansion.md: 2 lifts a mixed pool most.")]
+ExpandWeightOption = Annotated[float, typer.Option(
+    "--expand-weight", min=0.0, help="With --expand: how far the query moves toward its hits' mean (the query counts 1).")]
+
+
+def query_expansion(expand: int, weight: float):
+    from lamra.query_expansion import QueryExpansion
+
+    return QueryExpansion(top=expand, weight=weight) if expand else None
+
+
 def load_model(model: str | None, precision: str = "auto", reranker: str | None = None, backend: str = "torch"):
     import torch
 
@@ -150,6 +170,8 @@ def search(
     instruction: Annotated[Optional[str], typer.Option(help="Instruction prefixed to each query.")] = None,
     top_k: int = 5,
     rerank: Annotated[Optional[str], typer.Option(help="pointwise, listwise or listwise-parity (needs a reranker).")] = None,
+    expand: ExpandOption = 0,
+    expand_weight: ExpandWeightOption = 2.0,
     model: ModelOption = None,
     precision: PrecisionOption = "auto",
     backend: BackendOption = "torch",
@@ -171,7 +193,8 @@ def search(
         records = read_collection(collection, image_root)
         lamra = load_model(model, precision, backend=backend)
         searched = embed_collection(lamra, records, image_root)
-    results = searched.search(lamra, parsed, instruction=instruction, top_k=top_k, rerank=rerank, rerank_top_k=top_k)
+    results = searched.search(lamra, parsed, instruction=instruction, top_k=top_k, rerank=rerank, rerank_top_k=top_k,
+                              query_expansion=query_expansion(expand, expand_weight))
     for query, hits in zip(queries, results, strict=True):
         typer.echo(f"\n{query}")
         for rank, hit in enumerate(hits, start=1):
@@ -275,6 +298,8 @@ def evaluate(
     rerank: Annotated[Optional[str], typer.Option(help="pointwise, listwise or listwise-parity (needs a reranker).")] = None,
     rerank_top_k: int = 10,
     rerank_weight: float = 1.0,
+    expand: ExpandOption = 0,
+    expand_weight: ExpandWeightOption = 2.0,
     minilm: Annotated[bool, typer.Option(help="Also evaluate the all-MiniLM-L6-v2 text baseline.")] = False,
     vision_tower: Annotated[bool, typer.Option(
         help="Also evaluate the frozen EfficientNet-Lite0 trunk (mean-pooled, image-only tasks).")] = False,
@@ -299,6 +324,11 @@ def evaluate(
     lamra = load_model(model, precision, reranker=reranker, backend=backend)
     name = "LamRA-Ret" if model is None else Path(model).name or str(model)
     lamra.name = index_cache_name(name, model, lamra)  # keys its cached pool indexes (evaluate_mbeir)
+    expansion = query_expansion(expand, expand_weight)
+    if expansion is not None and (minilm or vision_tower):
+        raise typer.BadParameter("--expand applies to every row of one run: evaluate the baselines without it")
+    if expansion is not None:
+        name += f" + query expansion (top {expansion.top}, weight {expansion.weight:g})"
     methods = {name: lamra}
     rerankers = {}
     if rerank:
@@ -316,7 +346,7 @@ def evaluate(
     written = evaluate_and_write(
         methods, data_root, out, command="lamra " + " ".join(sys.argv[1:]), results_md=results_md,
         rerankers=rerankers, split=split, pools=tuple(p.strip() for p in pools.split(",")),
-        tasks=task_list(tasks), batch_size=batch_size, index_dir=index_dir,
+        tasks=task_list(tasks), batch_size=batch_size, index_dir=index_dir, query_expansion=expansion,
     )
     for path in written:
         typer.echo(f"wrote {path}")

@@ -323,6 +323,16 @@ class VectorIndex:
         ids = [[self.ids[row] for row in query_rows if row >= 0] for query_rows in rows]
         return scores, ids
 
+    def vectors_of(self, ids: Sequence[str]) -> np.ndarray:
+        """The stored vectors of these ids, in their order (query expansion reads its hits' vectors)."""
+        if getattr(self, "_rows", None) is None:
+            self._rows = {did: row for row, did in enumerate(self.ids)}
+        try:
+            rows = [self._rows[did] for did in ids]
+        except KeyError as error:
+            raise KeyError(f"id {error.args[0]!r} is not in this index") from None
+        return np.asarray(self.vectors[rows], dtype=np.float32).reshape(len(rows), self.dims)
+
     def check_fresh(self, *, pool_path: str | os.PathLike | None = None, model_name: str | None = None) -> None:
         """Raise StaleIndexError if the index was built from another pool file or model."""
         if model_name is not None and model_name != self.model_name:

@@ -42,6 +42,17 @@ class ShardedIndex:
     def dims(self) -> int:
         return self.shards[0].dims
 
+    def vectors_of(self, ids: Sequence[str]) -> np.ndarray:
+        """As ``VectorIndex.vectors_of``, each id read from the shard that holds it."""
+        if getattr(self, "_shard_of", None) is None:
+            self._shard_of = {did: shard for shard in self.shards for did in shard.ids}
+        rows = np.zeros((len(ids), self.dims), np.float32)
+        for row, did in enumerate(ids):
+            if did not in self._shard_of:
+                raise KeyError(f"id {did!r} is not in this index")
+            rows[row] = self._shard_of[did].vectors_of([did])[0]
+        return rows
+
     def search(self, query_vectors: np.ndarray, k: int) -> tuple[np.ndarray, list[list[str]]]:
         """As ``VectorIndex.search``: the best k over all shards, best first (equal scores: earlier
         shard first)."""

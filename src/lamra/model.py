@@ -19,6 +19,7 @@ from lamra.appearance import AppearanceChannel
 from lamra.backbones.base import Backbone
 from lamra.backbones.openvino_engine import check_backend, use_openvino
 from lamra.items import InputError, check_top_k, to_segment_batch, to_segments
+from lamra.query_expansion import QueryExpansion, expanded_search
 from lamra.reranker import Reranker, fuse
 from lamra.retriever import Retriever, Truncation
 
@@ -223,6 +224,7 @@ class LamRA:
         rerank_weight: float = 1.0,
         batch_size: int = 16,
         show_progress: bool = False,
+        query_expansion: QueryExpansion | None = None,
     ) -> list[list[Hit]]:
         """Top-k hits for each query, from an in-memory ``corpus`` or a saved ``index``
         (:class:`lamra.index.VectorIndex`, or a ``ShardedIndex``). ``corpus_embeddings``: the
@@ -231,7 +233,9 @@ class LamRA:
         gives them), so its hits carry their items and can be reranked. ``image_root``: where relative
         image paths of the corpus are.
         ``rerank`` (one of ``RERANK_MODES``) reranks the first ``rerank_top_k`` hits and sorts
-        them by retrieval + ``rerank_weight`` * rerank score. Equal scores keep corpus order."""
+        them by retrieval + ``rerank_weight`` * rerank score. Equal scores keep corpus order.
+        ``query_expansion`` (``lamra.query_expansion.QueryExpansion``) searches again with each query
+        moved toward its first hits (pseudo-relevance feedback)."""
         if (corpus is None) == (index is None):
             raise InputError("search needs exactly one of corpus= or index=")
         check_top_k(top_k)
@@ -245,14 +249,22 @@ class LamRA:
                                              image_root=image_root, role="document")
             elif len(corpus_vectors) != len(corpus):
                 raise InputError(f"{len(corpus_vectors)} corpus embeddings for {len(corpus)} corpus items")
-            scores = query_vectors @ np.asarray(corpus_vectors).T
-            k = min(top_k, len(corpus))
-            top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+            corpus_array = np.asarray(corpus_vectors)
+
+            def search_corpus(vectors: np.ndarray, depth: int):
+                scores = vectors @ corpus_array.T
+                top = np.argsort(-scores, axis=1, kind="stable")[:, : min(depth, len(corpus))]
+                return np.take_along_axis(scores, top, axis=1), [list(row) for row in top]
+
+            found_scores, found_rows = expanded_search(search_corpus, lambda rows: corpus_array[rows], query_vectors,
+                                                       top_k, query_expansion)
             results = [
-                [Hit(int(j), float(scores[q, j]), corpus[j]) for j in row] for q, row in enumerate(top)
+                [Hit(int(j), float(s), corpus[j]) for j, s in zip(row, row_scores)]
+                for row, row_scores in zip(found_rows, found_scores, strict=True)
             ]
         else:
-            found_scores, found_ids = index.search(query_vectors, top_k)
+            found_scores, found_ids = expanded_search(index.search, index.vectors_of, query_vectors, top_k,
+                                                      query_expansion)
             results = [
                 [Hit(did, float(s), None if index_items is None else index_items.get(did))
                  for did, s in zip(ids, row, strict=False)]

@@ -340,3 +340,35 @@ def test_a_candidate_is_encoded_once_across_pools(toy_root, tmp_path):
         report = evaluate_mbeir(HashingEncoder(), toy_root, pools=(pool,), show_progress=False)
         separately.update({(r.pool, r.task.key): r.metrics for r in report.results})
     assert results[0] == results[1] == separately
+
+
+def test_query_expansion_searches_again_from_each_query_moved_toward_its_first_hits(report, toy_root):
+    from lamra.query_expansion import QueryExpansion
+
+    key, pool_file = "toyname_task0", "cand_pool/local/mbeir_toyname_task0_cand_pool.jsonl"
+    expansion = QueryExpansion(top=2, weight=1.5)
+    expanded = evaluate_mbeir(HashingEncoder(), toy_root, tasks=["toyname"], query_expansion=expansion,
+                              show_progress=False)
+    assert expanded.settings["query_expansion"] == {"top": 2, "weight": 1.5}
+    # brute force: each query plus 1.5 x the mean of its two nearest candidates, ranked again
+    name = key.rsplit("_task", 1)[0]
+    queries = [json.loads(line) for line in (toy_root / f"query/test/mbeir_{name}_task0_test.jsonl").read_text().splitlines()]
+    pool = [json.loads(line) for line in (toy_root / pool_file).read_text().splitlines()]
+    encoder = HashingEncoder()
+    q = encoder.encode([{"txt": x["query_txt"], "img_path": x["query_img_path"]} for x in queries])
+    c = encoder.encode([{"txt": x["txt"], "img_path": x["img_path"]} for x in pool])
+    c = c / np.linalg.norm(c, axis=1, keepdims=True)
+    first = np.argsort(-(q @ c.T), axis=1, kind="stable")[:, :2]
+    moved = q + 1.5 * c[first].mean(axis=1)
+    scores = moved @ c.T
+    run = expanded.result("model", "local", key).run
+    checked = 0
+    for row, query in enumerate(queries):
+        best, second = np.sort(scores[row])[::-1][:2]
+        if best - second > 1e-4:  # a clear winner: the runner's first hit must be it
+            assert run[query["qid"]][0][0] == pool[int(np.argmax(scores[row]))]["did"]
+            checked += 1
+    assert checked >= len(queries) // 2
+    plain = evaluate_mbeir(HashingEncoder(), toy_root, tasks=["toyname"], query_expansion=QueryExpansion(top=2, weight=0.0),
+                           show_progress=False)
+    assert plain.result("model", "local", key).metrics == report.result("hashing", "local", key).metrics

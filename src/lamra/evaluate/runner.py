@@ -10,7 +10,8 @@ The one entry point is ``evaluate_mbeir(encoder, data_root, ...)``. For each tas
    from a generator seeded by ``(seed, qid)``, so the choice is reproducible and independent of order;
 2. encodes the queries with ``encoder.encode(items, instruction=...)`` and the pool into a
    ``VectorIndex`` (cached on disk under ``index_dir`` when given, resumable);
-3. searches the top ``run_depth`` candidates and scores them: R@K as M-BEIR's hit rate (R@1/5/10, or
+3. searches the top ``run_depth`` candidates (with ``query_expansion``, a second time from each
+   query moved toward its first hits: ``lamra.query_expansion``) and scores them: R@K as M-BEIR's hit rate (R@1/5/10, or
    R@10/20/50 for fashion datasets), MAP@5;
 4. for every ``RerankMethod``: scores the top ``top_k`` with ``rerank(query, candidates, retrieval
    scores)`` and fuses ``final = retrieval + w * rerank`` (w per task, chosen on val with
@@ -25,6 +26,7 @@ it cannot encode: those cells are recorded as skipped and shown as "-".
 from __future__ import annotations
 
 import time
+from dataclasses import asdict
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
@@ -58,6 +60,7 @@ from lamra.evaluate.queries import (
 from lamra.evaluate.report import EvaluationReport, TaskResult, load_results, safe_name, write_report
 from lamra.evaluate.task_pools import TaskPools
 from lamra.evaluate.tasks import EvalTask, list_tasks, score_run
+from lamra.query_expansion import QueryExpansion, expanded_search
 
 POOLS = ("local", "global")
 
@@ -81,6 +84,7 @@ def evaluate_mbeir(
     index_type: str = "flat",
     queries_per_task: int | None = None,
     show_progress: bool = True,
+    query_expansion: QueryExpansion | None = None,
 ) -> EvaluationReport:
     """Evaluate an encoder (and rerankers) on an M-BEIR-format directory; see the module docstring.
 
@@ -117,11 +121,13 @@ def evaluate_mbeir(
         for task, queries, instructions, qrels in prepared:
             results.extend(_evaluate_task_pool(
                 encoder, cache, data, task, pool, split, queries, instructions, qrels, method, rerankers,
-                batch_size=batch_size, run_depth=run_depth, show_progress=show_progress))
+                batch_size=batch_size, run_depth=run_depth, show_progress=show_progress,
+                query_expansion=query_expansion))
     settings = {"pools": list(pools), "instruction_choice": instruction_choice,
                 "instructions": str(data.instructions_path), "seed": seed,
                 "run_depth": run_depth, "index": index_type,
                 "queries_per_task": queries_per_task,
+                "query_expansion": None if query_expansion is None else asdict(query_expansion),
                 "rerankers": {r.name: {"top_k": r.top_k, "weights": dict(r.weights),
                                        "default_weight": r.default_weight} for r in rerankers}}
     return EvaluationReport(split, str(data.root), model_name, settings, results, evaluation_environment(encoder))
@@ -130,7 +136,7 @@ def evaluate_mbeir(
 def _evaluate_task_pool(encoder, cache: TaskPools, data: MBEIRDataset, task: EvalTask, pool: str, split: str,
                         queries: list[MBEIRQuery], instructions: list[str], qrels, method: str,
                         rerankers: Sequence[RerankMethod], *, batch_size: int, run_depth: int,
-                        show_progress: bool) -> list[TaskResult]:
+                        show_progress: bool, query_expansion: QueryExpansion | None = None) -> list[TaskResult]:
     methods = [method] + [r.name for r in rerankers]
     path = cache.pool_path(pool, task, split)
     candidates = cache.candidates(path)
@@ -155,7 +161,8 @@ def _evaluate_task_pool(encoder, cache: TaskPools, data: MBEIRDataset, task: Eva
         return [TaskResult(name, pool, task, skipped=str(error)) for name in methods]
 
     start = time.perf_counter()
-    scores, ids = index.search(query_vectors, max(run_depth, max(recall_ks_for(task.dataset))))
+    scores, ids = expanded_search(index.search, index.vectors_of, query_vectors,
+                                  max(run_depth, max(recall_ks_for(task.dataset))), query_expansion)
     search_seconds = time.perf_counter() - start
     retrieved = {q.qid: Retrieved(ids[row], scores[row, : len(ids[row])]) for row, q in enumerate(queries)}
 
