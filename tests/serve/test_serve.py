@@ -40,6 +40,12 @@ def test_search_by_text_and_image(client):
     assert by_image[0]["id"] == "g-1f431"
 
 
+def test_search_with_query_expansion(client):
+    response = client.post("/search", json={"txt": "a cheesy slice of Italian food", "top_k": 3, "expand": 2})
+    assert response.status_code == 200, response.text
+    assert len(response.json()["hits"]) == 3
+
+
 def test_search_with_rerank(client):
     hits = client.post("/search", json={"txt": "a dog", "top_k": 3, "rerank": "pointwise"}).json()["hits"]
     assert len(hits) == 3
@@ -99,6 +105,8 @@ HOSTILE = [
     ("/search", '{"txt": "a \\ud800 cat"}', 422, "not valid Unicode"),  # raw JSON: a lone surrogate escape
     ("/search", {"txt": "a cat", "top_k": True}, 422, "'top_k' must be an integer"),
     ("/search", {"txt": "a cat", "rerank": 3}, 422, "'rerank' must be a string, got int"),
+    ("/search", {"txt": "a cat", "expand": -1}, 422, "'expand' must be an integer in 0.."),
+    ("/search", {"txt": "a cat", "expand": 2, "expand_weight": "far"}, 422, "'expand_weight' must be a number >= 0"),
     ("/encode", {"items": ["a cat"]}, 422, "item 0: must be an object with 'txt' and/or 'image', got str"),
     ("/encode", {"items": [{"txt": "a"}], "instruction": 7}, 422, "'instruction' must be a string, got int"),
 ]

@@ -5,7 +5,8 @@ Endpoints:
 - ``GET  /health``            model, collection size, similarity and numerics (float32 / bf16 autocast)
 - ``POST /encode``            ``{"items": [{"txt": ..., "image": <base64>}], "instruction": ..., "role": "query"|"document"}``
                               -> ``{"embeddings": [...], "similarity": "cosine"|"dot"}`` (how to compare them)
-- ``POST /search``            ``{"txt": ..., "image": <base64>, "top_k": 5, "rerank": null}`` -> hits
+- ``POST /search``            ``{"txt": ..., "image": <base64>, "top_k": 5, "rerank": null, "expand": 0}`` -> hits
+                              (``expand``/``expand_weight``: query expansion, ``lamra.query_expansion``)
 - ``GET  /items/{n}/image``   a collection item's image
 
 The collection's embeddings are computed once at start-up, or read from an index ``lamra index`` built
@@ -31,6 +32,7 @@ from PIL import Image, UnidentifiedImageError
 from lamra.collection import EmbeddedCollection, IndexedCollection, record_id
 from lamra.evaluate.environment import numerics
 from lamra.items import MAX_IMAGE_PIXELS, InputError, check_image_size, load_image
+from lamra.query_expansion import QueryExpansion
 
 MAX_TOP_K = 100
 
@@ -169,13 +171,21 @@ def create_app(model, collection: EmbeddedCollection | IndexedCollection, limits
         weight = body.get("rerank_weight", 1.0)
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not np.isfinite(weight):
             raise HTTPException(status_code=422, detail=f"'rerank_weight' must be a number, got {weight!r:.40}")
+        expand, expand_weight = body.get("expand", 0), body.get("expand_weight", 2.0)
+        if isinstance(expand, bool) or not isinstance(expand, int) or not 0 <= expand <= limits.max_top_k:
+            raise HTTPException(status_code=422, detail=f"'expand' must be an integer in 0..{limits.max_top_k}")
+        if (isinstance(expand_weight, bool) or not isinstance(expand_weight, (int, float))
+                or not np.isfinite(expand_weight) or expand_weight < 0):
+            raise HTTPException(status_code=422, detail=f"'expand_weight' must be a number >= 0, got {expand_weight!r:.40}")
+        expansion = QueryExpansion(top=expand, weight=float(expand_weight)) if expand else None
         try:
             mode = optional_string(body, "rerank")
             if mode and not model.has_reranker:
                 raise InputError("this server's model has no reranker")
             query = request_item(body, "query", limits.max_image_pixels)
             hits = collection.search(model, [query], instruction=optional_string(body, "instruction"), top_k=top_k,
-                                     rerank=mode, rerank_top_k=top_k, rerank_weight=float(weight))[0]
+                                     rerank=mode, rerank_top_k=top_k, rerank_weight=float(weight),
+                                     query_expansion=expansion)[0]
             ranked = [(int(h.id), h.score) for h in hits]
         except InputError as error:
             raise bad_input(error) from None
