@@ -76,7 +76,10 @@ ExpandWeightOption = Annotated[float, typer.Option(
 def query_expansion(expand: int, weight: float):
     from lamra.query_expansion import QueryExpansion
 
-    return QueryExpansion(top=expand, weight=weight) if expand else None
+    try:
+        return QueryExpansion(top=expand, weight=weight) if expand else None
+    except ValueError as error:  # e.g. --expand-weight nan
+        raise typer.BadParameter(str(error)) from None
 
 
 def load_model(model: str | None, precision: str = "auto", reranker: str | None = None, backend: str = "torch"):

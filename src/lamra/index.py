@@ -229,6 +229,7 @@ class VectorIndex:
         self.ids = list(ids)
         self.faiss_index = faiss_index
         self.manifest = manifest
+        self._rows: dict[str, int] | None = None  # id -> row, built when vectors_of first asks
 
     @classmethod
     def from_vectors(
@@ -325,7 +326,7 @@ class VectorIndex:
 
     def vectors_of(self, ids: Sequence[str]) -> np.ndarray:
         """The stored vectors of these ids, in their order (query expansion reads its hits' vectors)."""
-        if getattr(self, "_rows", None) is None:
+        if self._rows is None:
             self._rows = {did: row for row, did in enumerate(self.ids)}
         try:
             rows = [self._rows[did] for did in ids]

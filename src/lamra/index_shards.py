@@ -30,6 +30,7 @@ class ShardedIndex:
                 raise ValueError(f"shard {number} repeats ids of an earlier shard, e.g. {sorted(repeated)[0]!r}")
             seen.update(shard.ids)
         self.shards = list(shards)
+        self._shard_of: dict[str, VectorIndex] | None = None  # id -> its shard, built when vectors_of first asks
 
     @classmethod
     def load(cls, directories: Sequence[str | os.PathLike], **load_options) -> "ShardedIndex":
@@ -44,7 +45,7 @@ class ShardedIndex:
 
     def vectors_of(self, ids: Sequence[str]) -> np.ndarray:
         """As ``VectorIndex.vectors_of``, each id read from the shard that holds it."""
-        if getattr(self, "_shard_of", None) is None:
+        if self._shard_of is None:
             self._shard_of = {did: shard for shard in self.shards for did in shard.ids}
         rows = np.zeros((len(ids), self.dims), np.float32)
         for row, did in enumerate(ids):

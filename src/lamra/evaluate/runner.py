@@ -26,8 +26,8 @@ it cannot encode: those cells are recorded as skipped and shown as "-".
 from __future__ import annotations
 
 import time
-from dataclasses import asdict
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
