@@ -25,41 +25,19 @@ def write_collection(tmp_path, lines):
     return path
 
 
-def test_search_prints_ranked_hits(tmp_path):
+@pytest.mark.parametrize("options", [[], ["--expand", "2", "--expand-weight", "2"]], ids=["plain", "query-expansion"])
+def test_search_prints_ranked_hits(tmp_path, options):
     collection = write_collection(tmp_path, [
         json.dumps({"did": "cat", "img_path": "1f431.png"}),
         json.dumps({"did": "dog", "img_path": "1f436.png"}),
         json.dumps({"did": "text", "txt": "a short note about the weather"}),
     ])
     result = runner.invoke(app, ["search", "@" + str(DEMO_DIR / "1f431.png"), "--collection", str(collection),
-                                 "--top-k", "3"])
+                                 "--top-k", "3", *options])
     assert result.exit_code == 0, result.output
     ranked = [line.split()[1] for line in result.output.splitlines() if line.strip()[:2] in ("1.", "2.", "3.")]
     assert ranked[0] == "cat"  # the query image itself is in the collection
     assert sorted(ranked) == ["cat", "dog", "text"]
-
-
-def test_search_with_query_expansion_still_finds_the_query_image_first(tmp_path):
-    collection = write_collection(tmp_path, [
-        json.dumps({"did": "cat", "img_path": "1f431.png"}),
-        json.dumps({"did": "dog", "img_path": "1f436.png"}),
-        json.dumps({"did": "text", "txt": "a short note about the weather"}),
-    ])
-    result = runner.invoke(app, ["search", "@" + str(DEMO_DIR / "1f431.png"), "--collection", str(collection),
-                                 "--top-k", "3", "--expand", "2", "--expand-weight", "2"])
-    assert result.exit_code == 0, result.output
-    ranked = [line.split()[1] for line in result.output.splitlines() if line.strip()[:2] in ("1.", "2.", "3.")]
-    assert ranked[0] == "cat" and sorted(ranked) == ["cat", "dog", "text"]
-
-
-def test_a_negative_expansion_is_refused_before_the_model_loads(tmp_path, monkeypatch):
-    import lamra.cli
-
-    monkeypatch.setattr(lamra.cli, "load_model", lambda *a, **k: pytest.fail("the model loaded first"))
-    collection = write_collection(tmp_path, [json.dumps({"did": "a", "txt": "fine"})])
-    result = runner.invoke(app, ["search", "query", "--collection", str(collection), "--expand", "-1"])
-    words = " ".join(result.output.replace("│", " ").split())
-    assert result.exit_code == 2 and "must be 0 (off) or a number of hits >= 1, got -1" in words
 
 
 def test_malformed_collection_line_is_named(tmp_path):
@@ -228,14 +206,20 @@ def test_diagnose_rerank_prints_the_pairwise_auc_per_task(pocketbeir_fixture):
     assert sorted(rows) == ["emojidesc_task2", "wordnetpassage_task1"], result.output
 
 
-def test_an_unknown_precision_is_refused_before_the_model_loads(tmp_path, monkeypatch):
+@pytest.mark.parametrize("option, message", [
+    (["--precision", "bf17"], "must be one of auto, bf16, fp32, bf16-weights, got 'bf17'"),
+    (["--backend", "onnx"], "backend must be one of torch, openvino, got 'onnx'"),
+    (["--expand", "-1"], "must be 0 (off) or a number of hits >= 1, got -1"),
+    (["--expand", "2", "--expand-weight", "-0.5"], "--expand-weight"),
+])
+def test_a_bad_option_is_refused_before_the_model_loads(tmp_path, monkeypatch, option, message):
     import lamra.cli
 
     monkeypatch.setattr(lamra.cli, "load_model", lambda *a, **k: pytest.fail("the model loaded first"))
     collection = write_collection(tmp_path, [json.dumps({"did": "a", "txt": "fine"})])
-    result = runner.invoke(app, ["search", "query", "--collection", str(collection), "--precision", "bf17"])
+    result = runner.invoke(app, ["search", "query", "--collection", str(collection), *option])
     words = " ".join(result.output.replace("│", " ").split())  # the error box wraps lines
-    assert result.exit_code == 2 and "must be one of auto, bf16, fp32, bf16-weights, got 'bf17'" in words
+    assert result.exit_code == 2 and message in words
 
 
 def test_bf16_weights_precision_loads_the_weights_in_bf16():
@@ -248,16 +232,6 @@ def test_bf16_weights_precision_loads_the_weights_in_bf16():
     assert model.reranker.backbone.dtype == torch.bfloat16
     hits = model.search(["a cheesy slice of Italian food"], corpus=["pizza", "a bicycle", "rainy weather"], top_k=1)
     assert hits[0][0].id == 0
-
-
-def test_an_unknown_backend_is_refused_before_the_model_loads(tmp_path, monkeypatch):
-    import lamra.cli
-
-    monkeypatch.setattr(lamra.cli, "load_model", lambda *a, **k: pytest.fail("the model loaded first"))
-    collection = write_collection(tmp_path, [json.dumps({"did": "a", "txt": "fine"})])
-    result = runner.invoke(app, ["search", "query", "--collection", str(collection), "--backend", "onnx"])
-    words = " ".join(result.output.replace("│", " ").split())
-    assert result.exit_code == 2 and "backend must be one of torch, openvino, got 'onnx'" in words
 
 
 def test_the_openvino_backend_searches_and_refuses_bf16_weights(tmp_path):
