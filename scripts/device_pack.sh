@@ -11,8 +11,17 @@
 # given back (30 s idle): what a call unpacks lives in the machine's /tmp, not in the checkout.
 #   bash scripts/device_pack.sh runs/compact-grouped-rank/mined_local_top10.jsonl
 # The checkout's own weights (src/lamra/weights, 30 MB) travel with the tree in every call; keep
-# them out of the first two calls with `git rm -r -q --cached src/lamra/weights` (and
-# `git reset -q` before the third), so that those calls have room for their part.
+# them out of the first two calls with `git rm -r -q --cached src/lamra/weights` and a line
+# `/src/lamra/weights/` in .git/info/exclude (undo both, `git reset -q`, before the third), so that
+# those calls have room for their part. The three calls, each right after the last:
+#   carry [.devpack/p1]: bash scripts/device_unpack.sh
+#   carry [.devpack/p2]: bash scripts/device_unpack.sh
+#   carry [.devpack/p3]: bash scripts/device_unpack.sh && . /tmp/devpack/env.sh &&
+#       python3 scripts/device_train.py --out $OUT --minutes 8.3 --margin 1.3 \
+#           --set rerank_data=runs/compact-grouped-rank/mined_local_top10.jsonl \
+#           compact-gpu-grouped-rank compact-gpu-rank compact-gpu-grouped10-rank;
+#       python3 scripts/device_results.py $OUT --drop final/adapters/retrieval \
+#           --drop final/projector_retrieval.safetensors
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PACK=.devpack
