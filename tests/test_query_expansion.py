@@ -25,7 +25,7 @@ def test_the_expanded_query_is_the_query_plus_weight_times_its_hits_mean():
     assert QueryExpansion(top=2, weight=0.5).expand(np.zeros((0, 2)), []).shape == (0, 2)
 
 
-@pytest.mark.parametrize("bad", [dict(top=0), dict(top=1.5), dict(top=True), dict(weight=-1.0), dict(weight=float("nan"))])
+@pytest.mark.parametrize("bad", [dict(top=0), dict(top=1.5), dict(top=True), dict(weight=-1.0), dict(weight=float("nan")), dict(weight="far")])
 def test_bad_settings_are_refused_by_name(bad):
     with pytest.raises(ValueError, match="query expansion"):
         QueryExpansion(**bad)

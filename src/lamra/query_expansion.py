@@ -29,7 +29,8 @@ class QueryExpansion:
     def __post_init__(self):
         if isinstance(self.top, bool) or not isinstance(self.top, int) or self.top < 1:
             raise ValueError(f"query expansion top={self.top!r}: must be an integer >= 1")
-        if not np.isfinite(self.weight) or self.weight < 0:
+        if (isinstance(self.weight, bool) or not isinstance(self.weight, (int, float))
+                or not np.isfinite(self.weight) or self.weight < 0):
             raise ValueError(f"query expansion weight={self.weight!r}: must be a finite number >= 0")
 
     def expand(self, query_vectors: np.ndarray, hit_vectors: Sequence[np.ndarray]) -> np.ndarray:

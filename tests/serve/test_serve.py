@@ -106,7 +106,7 @@ HOSTILE = [
     ("/search", {"txt": "a cat", "top_k": True}, 422, "'top_k' must be an integer"),
     ("/search", {"txt": "a cat", "rerank": 3}, 422, "'rerank' must be a string, got int"),
     ("/search", {"txt": "a cat", "expand": -1}, 422, "'expand' must be an integer in 0.."),
-    ("/search", {"txt": "a cat", "expand": 2, "expand_weight": "far"}, 422, "'expand_weight' must be a number >= 0"),
+    ("/search", {"txt": "a cat", "expand": 2, "expand_weight": "far"}, 422, "'expand_weight': query expansion weight='far': must be a finite number >= 0"),
     ("/encode", {"items": ["a cat"]}, 422, "item 0: must be an object with 'txt' and/or 'image', got str"),
     ("/encode", {"items": [{"txt": "a"}], "instruction": 7}, 422, "'instruction' must be a string, got int"),
 ]

@@ -171,13 +171,13 @@ def create_app(model, collection: EmbeddedCollection | IndexedCollection, limits
         weight = body.get("rerank_weight", 1.0)
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not np.isfinite(weight):
             raise HTTPException(status_code=422, detail=f"'rerank_weight' must be a number, got {weight!r:.40}")
-        expand, expand_weight = body.get("expand", 0), body.get("expand_weight", 2.0)
+        expand = body.get("expand", 0)
         if isinstance(expand, bool) or not isinstance(expand, int) or not 0 <= expand <= limits.max_top_k:
             raise HTTPException(status_code=422, detail=f"'expand' must be an integer in 0..{limits.max_top_k}")
-        if (isinstance(expand_weight, bool) or not isinstance(expand_weight, (int, float))
-                or not np.isfinite(expand_weight) or expand_weight < 0):
-            raise HTTPException(status_code=422, detail=f"'expand_weight' must be a number >= 0, got {expand_weight!r:.40}")
-        expansion = QueryExpansion(top=expand, weight=float(expand_weight)) if expand else None
+        try:
+            expansion = QueryExpansion(top=expand, weight=body.get("expand_weight", 2.0)) if expand else None
+        except ValueError as error:  # the weight: QueryExpansion names what it needs
+            raise HTTPException(status_code=422, detail=f"'expand_weight': {error}") from None
         try:
             mode = optional_string(body, "rerank")
             if mode and not model.has_reranker:
