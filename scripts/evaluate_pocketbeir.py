@@ -38,7 +38,7 @@ CHECKPOINTS = {
     "Stage 1 only": "runs/compact-gpu-stage1/final",  # the shipped weights' stage 1
     "LamRA-Ret": "src/lamra/weights/compact",  # the shipped package
 }
-# The shipped LamRA-Ret without its appearance channel (lamra.appearance): the LMM embedding alone.
+# The shipped LamRA-Ret without its score channels (lamra.appearance, lamra.colour): the LMM embedding alone.
 LMM_ONLY = "LamRA-Ret, LMM embedding only"
 # The shipped LamRA-Ret computed in float32: the reproducible reference. The other rows use bf16 autocast
 # (the default, 3x faster here), whose last bits depend on the CPU's kernels and the batches, so they
@@ -62,8 +62,8 @@ def data_root() -> Path:
 
 def model_name(name: str) -> str:
     """The name a method's results are stored under: a checkpoint's carries its weights' digest."""
-    if name == LMM_ONLY:  # the digest of what it computes with: the package less its channel
-        return f"LamRA-Ret@{role_digest(CHECKPOINTS['LamRA-Ret'], appearance=False)}"
+    if name == LMM_ONLY:  # the digest of what it computes with: the package less its channels
+        return f"LamRA-Ret@{role_digest(CHECKPOINTS['LamRA-Ret'], channels=False)}"
     if name == FP32:  # its own pool indexes: fp32 vectors
         return f"LamRA-Ret@{role_digest(CHECKPOINTS['LamRA-Ret'])}-fp32"
     return f"{name}@{role_digest(CHECKPOINTS[name])}" if name in CHECKPOINTS else name
@@ -88,7 +88,7 @@ def load_encoder(key: str):
     from lamra import LamRA
 
     if name == LMM_ONLY:
-        model = LamRA.from_pretrained(CHECKPOINTS["LamRA-Ret"], appearance=False)
+        model = LamRA.from_pretrained(CHECKPOINTS["LamRA-Ret"], channels=False)
     elif name == FP32:
         model = LamRA.from_pretrained(CHECKPOINTS["LamRA-Ret"], precision="fp32")
     else:
@@ -147,7 +147,10 @@ def write_pages() -> None:
             "model's own frozen EfficientNet-Lite0 trunk, mean-pooled, cosine (image-only tasks). LamRA-Ret is the "
             "shipped package: its LMM embedding plus its appearance channel (`lamra.appearance`: the trunk's "
             "global features, PCA'd on training images, weighted by a w chosen on val, `results/appearance.md`), "
-            "which adds to image-to-image scores only; the row above it is the LMM embedding alone. "
+            "which adds to image-to-image scores only, and its colour channel (`lamra.colour`: how well a "
+            "candidate image's colours match the colours the query asks for, predicted from the query; fitted on "
+            "training queries, weighted on val, `results/colour.md`), which adds to scores of candidates with an "
+            "image only; the row above it is the LMM embedding alone. "
             "Under bf16 autocast a CPU's kernels and the batches change the last bits of every vector, so these "
             "rows move by a few queries a task between machines.")
     fp32_note = (" The fp32 row (the same weights in float32, 3x slower here) is the reference: in fp32 a vector's "

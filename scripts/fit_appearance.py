@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import os
 import time
 from pathlib import Path
@@ -37,9 +36,10 @@ from lamra.appearance import AppearanceChannel
 from lamra.assets import lamra_home
 from lamra.evaluate.remembering import RememberingEncoder
 from lamra.evaluate.runner import evaluate_mbeir
+from lamra.data.training_images import training_images
 from lamra.evaluate.tables import DISPLAY_NAMES, markdown_table, write_markdown
 from lamra.items import load_image
-from lamra.light_checkpoint import set_appearance
+from lamra.light_checkpoint import set_channel
 from lamra.pocketbeir.emoji import TONES
 from lamra.retriever import autocast_for
 
@@ -56,30 +56,6 @@ def skin_tone_group(path: str) -> str:
     image = Path(path)
     codes = [code for code in image.stem.split("-") if code.upper() not in TONES]
     return f"{image.parent.name}/{'-'.join(codes)}"
-
-
-def training_images(data_root: Path) -> list[str]:
-    """Image paths (relative to the data root) of the train queries and of their positive candidates.
-    Not the union pools: M-BEIR's hold every split's candidates."""
-    image_of: dict[str, str] = {}
-    for pool in sorted((data_root / "cand_pool" / "local").glob("*.jsonl")):
-        for record in _records(pool):
-            if record.get("img_path"):
-                image_of[record["did"]] = record["img_path"]
-    paths: set[str] = set()
-    for file in sorted((data_root / "query" / "train").glob("*.jsonl")):
-        for record in _records(file):
-            if record.get("query_img_path"):
-                paths.add(record["query_img_path"])
-            paths.update(image_of[did] for did in record.get("pos_cand_list", []) if did in image_of)
-    if not paths:
-        raise SystemExit(f"no training images under {data_root}: is it a PocketBEIR (M-BEIR) directory?")
-    return sorted(paths)
-
-
-def _records(path: Path):
-    with path.open(encoding="utf-8") as lines:
-        yield from (json.loads(line) for line in lines if line.strip())
 
 
 def global_features(model: LamRA, paths: list[str], image_root: Path, batch_size: int = 64,
@@ -136,9 +112,12 @@ def main() -> None:
     ignored_grid = sorted(int(t) for t in args.ignore_tone.split(","))
 
     started = time.perf_counter()
-    model = LamRA.from_pretrained(args.model, appearance=False)
+    model = LamRA.from_pretrained(args.model, channels=False)
     model.backbone.persist_features()
-    paths = training_images(args.data)
+    try:
+        paths = training_images(args.data)
+    except ValueError as error:
+        raise SystemExit(str(error)) from None
     features = global_features(model, paths, args.data)
     tone_directions = AppearanceChannel.within_group_directions(features, [skin_tone_group(p) for p in paths],
                                                                 max(ignored_grid))
@@ -180,8 +159,8 @@ def main() -> None:
     print(page)
     if args.dry_run:
         return
-    set_appearance(args.model, AppearanceChannel.fit(features, best[0], weight=best[3], whiten=best[1],
-                                                     ignore=tone_directions[:best[2]]))
+    set_channel(args.model, "appearance", AppearanceChannel.fit(features, best[0], weight=best[3], whiten=best[1],
+                                                                ignore=tone_directions[:best[2]]))
     changed = [f"--{name.replace('_', '-')} {getattr(args, name)}" for name in ("model", "dims", "grid", "whiten", "ignore_tone")
                if getattr(args, name) != parser.get_default(name)]  # the page names the grid it shows
     command = " ".join([".venv/bin/python scripts/fit_appearance.py", *changed])

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import json
-import shutil
-
 import numpy as np
 import pytest
 
 from lamra import LamRA
 from lamra.appearance import APPEARANCE_FILE, AppearanceChannel
 from lamra.index import VectorIndex, build_index, load_or_build_index
-from lamra.light_checkpoint import load_appearance, role_digest, set_appearance
-from lamra.model import SHIPPED_DIR
+from lamra.light_checkpoint import load_channel, role_digest, set_channel
+from package_helpers import light_package
 
 
 def random_channel(features: int = 40, dims: int = 8, weight: float = 0.5, seed: int = 0) -> AppearanceChannel:
@@ -88,33 +85,24 @@ def test_channel_round_trips_and_a_corrupt_file_is_named(tmp_path):
         channel.with_weight(-1.0)
 
 
-def light_package(tmp_path):
-    package = tmp_path / "package"
-    shutil.copytree(SHIPPED_DIR, package, ignore=shutil.ignore_patterns(APPEARANCE_FILE))
-    config = json.loads((package / "lamra.json").read_text())
-    config.pop("appearance", None)
-    (package / "lamra.json").write_text(json.dumps(config))
-    return package
-
-
 def test_a_package_carries_the_channel_and_its_digest_says_so(tmp_path):
     package = light_package(tmp_path)
     without = role_digest(package)
     channel = random_channel(features=1280, dims=4)
-    set_appearance(package, channel)
-    assert load_appearance(package).dims == 4
-    assert role_digest(package) != without == role_digest(package, appearance=False)
-    assert role_digest(package, "rank") == role_digest(package, "rank", appearance=False)  # the reranker's own
-    set_appearance(package, None)
-    assert load_appearance(package) is None and not (package / APPEARANCE_FILE).exists()
+    set_channel(package, "appearance", channel)
+    assert load_channel(package, "appearance").dims == 4
+    assert role_digest(package) != without == role_digest(package, channels=False)
+    assert role_digest(package, "rank") == role_digest(package, "rank", channels=False)  # the reranker's own
+    set_channel(package, "appearance", None)
+    assert load_channel(package, "appearance") is None and not (package / APPEARANCE_FILE).exists()
     assert role_digest(package) == without
 
 
 def test_a_model_with_the_channel_appends_it_to_image_items_only(tmp_path, images):
     package = light_package(tmp_path)
-    set_appearance(package, random_channel(features=1280, dims=6, weight=0.5))
+    set_channel(package, "appearance", random_channel(features=1280, dims=6, weight=0.5))
     model = LamRA.from_pretrained(package, precision="fp32")
-    plain = LamRA.from_pretrained(package, precision="fp32", appearance=False)
+    plain = LamRA.from_pretrained(package, precision="fp32", channels=False)
     assert (model.similarity, plain.similarity) == ("dot", "cosine")
     photo, sticker = images
     items = ["a red square", photo, ("a red square", sticker)]

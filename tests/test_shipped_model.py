@@ -120,7 +120,7 @@ def test_fixed_demo_queries_hit_at_top_1(model):
     from lamra.demo import DEMO_DIR, load_collection
 
     collection = load_collection()
-    corpus = model.encode([DEMO_DIR / record["img_path"] for record in collection])
+    corpus = model.encode([DEMO_DIR / record["img_path"] for record in collection], role="document")
     misses = []
     for query, instruction, expected in FIXED_QUERIES:
         if isinstance(query, tuple):

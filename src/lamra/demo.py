@@ -32,8 +32,10 @@ def run_demo(model, top_k: int = 3, echo=print) -> dict[str, list]:
         for rank, hit in enumerate(hits, start=1):
             record = collection[hit.id]
             echo(f"  {rank}. {record['label']:<16} {hit.score:.3f}  ({record['img_path']})")
-    channel = model.retriever.appearance
+    appearance, colour = model.retriever.appearance, model.retriever.colour
     echo("\nscore: the cosine of LamRA-Ret's embeddings" + (
-        f", plus {channel.weight:g} x the appearance cosine when query and item are both images (lamra.appearance)"
-        if channel is not None else ""))
+        f", plus {appearance.weight:g} x the appearance cosine when query and item are both images (lamra.appearance)"
+        if appearance is not None else "") + (
+        ", plus how well the item's colours match the colours the query asks for (lamra.colour)"
+        if colour is not None else ""))
     return results

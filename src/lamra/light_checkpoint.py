@@ -15,7 +15,8 @@ vision settings: ``roles: {"retrieval": {"projector": FILE, "global_image_token"
 {...}}``; a role without an entry uses the top-level ones. A role may also name its own adapter chain
 (``"adapters": [...]``, folded in order): a reranker trained on top of LamRA-Ret
 (``rank_from_retriever``) folds the retrieval adapters, then its own, sharing their files.
-``"appearance": "appearance.safetensors"`` gives LamRA-Ret an appearance channel (``lamra.appearance``).
+``"appearance": "appearance.safetensors"`` gives LamRA-Ret an appearance channel (``lamra.appearance``),
+``"colour": "colour.safetensors"`` a colour channel (``lamra.colour``): the score channels.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from safetensors.torch import load_file, save_file
 
 from lamra.appearance import APPEARANCE_FILE, AppearanceChannel
 from lamra.atomic_io import atomic_write_text
+from lamra.colour import COLOUR_FILE, ColourChannel
 from lamra.backbones.base import quiet_peft
 from lamra.backbones.compact import CompactBackbone
 
@@ -113,10 +115,14 @@ def roles_share_weights(path: str | os.PathLike) -> bool:
         picks(config, "retrieval") == picks(config, "rank") for picks in (role_adapters, role_vision))
 
 
-def role_digest(path: str | os.PathLike, role: str = "retrieval", appearance: bool = True) -> str:
+# LamRA-Ret's score channels: the config key names the file, read by the class
+CHANNELS = {"appearance": (APPEARANCE_FILE, AppearanceChannel), "colour": (COLOUR_FILE, ColourChannel)}
+
+
+def role_digest(path: str | os.PathLike, role: str = "retrieval", channels: bool = True) -> str:
     """12 hex digits of everything one role of a light checkpoint computes with: its visual-token
-    layout, projector and adapters (and LamRA-Ret's appearance channel, unless ``appearance`` is
-    False: the digest of the LMM embedding alone), and nothing else (not where it was trained, not
+    layout, projector and adapters (and LamRA-Ret's score channels, unless ``channels`` is False:
+    the digest of the LMM embedding alone), and nothing else (not where it was trained, not
     the other role's files). Keys caches of that role's outputs, such as an evaluation's pool
     indexes, so a new reranker in the package leaves the retrieval's caches valid."""
     path = Path(path)
@@ -126,32 +132,35 @@ def role_digest(path: str | os.PathLike, role: str = "retrieval", appearance: bo
     layout = {"image_grid": config["image_grid"], "global_image_token": vision["global_image_token"]}
     digest = hashlib.sha256(json.dumps(layout, sort_keys=True).encode())
     files = [path / vision["projector"]] + [f for name in adapters for f in sorted((path / name).rglob("*")) if f.is_file()]
-    if role == "retrieval" and appearance and config.get("appearance"):
-        files.append(path / config["appearance"])
+    if role == "retrieval" and channels:
+        files.extend(path / config[kind] for kind in CHANNELS if config.get(kind))
     for file in files:
         digest.update(file.relative_to(path).as_posix().encode() + b"\0" + file.read_bytes())
     return digest.hexdigest()[:12]
 
 
-def load_appearance(path: str | os.PathLike) -> AppearanceChannel | None:
-    """LamRA-Ret's appearance channel, when the package has one."""
-    name = read_light_config(Path(path)).get("appearance")
-    return AppearanceChannel.load(Path(path) / name) if name else None
+def load_channel(path: str | os.PathLike, kind: str):
+    """LamRA-Ret's score channel ``kind`` ("appearance" or "colour"), when the package has one."""
+    name = read_light_config(Path(path)).get(kind)
+    return CHANNELS[kind][1].load(Path(path) / name) if name else None
 
 
-def set_appearance(path: str | os.PathLike, channel: AppearanceChannel | None) -> None:
-    """Give the package at ``path`` this appearance channel (None removes it): the file first, then
-    the config that names it, each written atomically."""
+def set_channel(path: str | os.PathLike, kind: str, channel) -> None:
+    """Give the package at ``path`` this score channel of ``kind`` (None removes it): the file
+    first, then the config that names it, each written atomically."""
     path = Path(path)
+    file_name, channel_class = CHANNELS[kind]
     config = read_light_config(path)
     if channel is None:
-        config.pop("appearance", None)
+        config.pop(kind, None)
     else:
-        channel.save(path / APPEARANCE_FILE)
-        config["appearance"] = APPEARANCE_FILE
+        if not isinstance(channel, channel_class):
+            raise TypeError(f"a {kind} channel must be a {channel_class.__name__}, got {type(channel).__name__}")
+        channel.save(path / file_name)
+        config[kind] = file_name
     atomic_write_text(path / CONFIG_NAME, json.dumps(config, indent=2) + "\n")
     if channel is None:
-        (path / APPEARANCE_FILE).unlink(missing_ok=True)
+        (path / file_name).unlink(missing_ok=True)
 
 
 def role_vision(config: dict, role: str) -> dict:

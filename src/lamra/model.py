@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from lamra.appearance import AppearanceChannel
+from lamra.colour import ColourChannel
 from lamra.backbones.base import Backbone
 from lamra.backbones.openvino_engine import check_backend, use_openvino
 from lamra.items import InputError, check_top_k, to_segment_batch, to_segments
@@ -91,12 +92,14 @@ class LamRA:
     def __init__(
         self, backbone: Backbone, reranker_backbone: Backbone | Callable[[], Backbone] | None = None,
         precision: str = "auto", truncation: Truncation | None = None, appearance: AppearanceChannel | None = None,
+        colour: ColourChannel | None = None,
     ):
         """``reranker_backbone``: LamRA-Rank's backbone, or a function that loads it, called the first
         time ``reranker`` is used (so encode and search alone never pay for a second model)."""
         self.backbone = backbone
         self.precision = precision
-        self.retriever = Retriever(backbone, precision=precision, truncation=truncation, appearance=appearance)
+        self.retriever = Retriever(backbone, precision=precision, truncation=truncation, appearance=appearance,
+                                   colour=colour)
         self._reranker: Reranker | None = None
         self._load_reranker: Callable[[], Backbone] | None = None
         if callable(reranker_backbone) and not isinstance(reranker_backbone, Backbone):
@@ -107,8 +110,8 @@ class LamRA:
 
     @property
     def similarity(self) -> str:
-        """How ``encode``'s vectors are compared: "cosine", or "dot" for a model with an appearance
-        channel (``lamra.appearance``); ``search`` and indexes do this themselves."""
+        """How ``encode``'s vectors are compared: "cosine", or "dot" for a model with score channels
+        (``lamra.appearance``, ``lamra.colour``); ``search`` and indexes do this themselves."""
         return self.retriever.similarity
 
     @property
@@ -137,7 +140,7 @@ class LamRA:
         dtype: torch.dtype = torch.float32,
         precision: str = "auto",
         position_mode: str | None = None,
-        appearance: bool = True,
+        channels: bool = True,
         backend: str = "torch",
     ) -> LamRA:
         """Load LamRA-Ret (and LamRA-Rank when ``reranker`` is given or the checkpoint has one; a
@@ -148,8 +151,8 @@ class LamRA:
         uses bf16 autocast where the hardware supports it, "fp32" never does. ``position_mode``
         (Qwen-VL retrieval only): "sequential" or "mrope"; None picks what the checkpoint was trained
         with (sequential for LamRA-Ret, see ``lamra.backbones.qwen_vl.POSITION_MODES``).
-        ``appearance=False`` ignores a compact package's appearance channel (``lamra.appearance``):
-        the LMM embedding alone, unit rows compared by cosine. ``backend="openvino"`` (compact model,
+        ``channels=False`` ignores a compact package's score channels (``lamra.appearance``,
+        ``lamra.colour``): the LMM embedding alone, unit rows compared by cosine. ``backend="openvino"`` (compact model,
         CPU; ``pip install 'lamra[openvino]'``) runs encoding's vision trunk and decoder in OpenVINO,
         in the precision ``precision`` picks (``lamra.backbones.openvino_engine``); a separate LamRA-Rank stays in torch.
         """
@@ -164,11 +167,11 @@ class LamRA:
         light_source = SHIPPED_DIR if name_or_path is None else Path(name_or_path)
         if not (light_source / LIGHT_CONFIG).is_file():
             light_source = None
-        rank_backbone, channel = None, None
-        if light_source is not None and appearance:
-            from lamra.light_checkpoint import load_appearance
+        rank_backbone, score_channels = None, {}
+        if light_source is not None and channels:
+            from lamra.light_checkpoint import CHANNELS, load_channel
 
-            channel = load_appearance(light_source)
+            score_channels = {kind: load_channel(light_source, kind) for kind in CHANNELS}
         if reranker is not None or reranker_adapter is not None:
             rank_backbone = load_backbone(
                 reranker or name_or_path, adapter=reranker_adapter, device=device, dtype=dtype, role="rank"
@@ -180,7 +183,7 @@ class LamRA:
                 rank_backbone = backbone
             elif has_rank_adapter(light_source):  # loaded on first use: encode and search alone do not need it
                 rank_backbone = functools.partial(load_backbone, light_source, device=device, dtype=dtype, role="rank")
-        return cls(backbone, rank_backbone, precision=precision, appearance=channel)
+        return cls(backbone, rank_backbone, precision=precision, **score_channels)
 
     # --- LamRA-Ret -------------------------------------------------------------------------------
     def encode(

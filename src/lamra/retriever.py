@@ -3,8 +3,9 @@
 An item becomes one conversation (its segments, "Summarize above ... in one word: ", then the
 assistant turn ``<emb>.``); its embedding is the last-layer hidden state at the position just before
 ``<emb>``, L2-normalised. Cosine similarity between such vectors ranks candidates. A compact model
-with an appearance channel (``lamra.appearance``) appends its image-likeness block to that vector;
-its rows are then compared by inner product (``similarity == "dot"``).
+with an appearance channel (``lamra.appearance``) appends its image-likeness block to that vector, and
+one with a colour channel (``lamra.colour``) its colour block; its rows are then compared by inner
+product (``similarity == "dot"``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from tqdm.auto import tqdm
 from lamra.appearance import AppearanceChannel
 from lamra.backbones.base import Backbone
 from lamra.cast_once import bf16_weights
+from lamra.colour import ColourChannel, colour_histogram
 from lamra.items import InputError, Segment, to_segment_batch, with_instruction
 from lamra.prompts import MAX_TEXT_TOKENS, embedding_messages
 
@@ -149,23 +151,27 @@ class Retriever:
     """Encodes items with a backbone. Used through :class:`lamra.LamRA`."""
 
     def __init__(self, backbone: Backbone, precision: str = "auto", truncation: Truncation | None = None,
-                 appearance: AppearanceChannel | None = None):
+                 appearance: AppearanceChannel | None = None, colour: ColourChannel | None = None):
         self.backbone = backbone
         self.precision = precision
         self.truncation = truncation or default_truncation(backbone)
         if appearance is not None and not getattr(backbone.hf_model.config, "global_image_token", False):
             raise ValueError("an appearance channel needs a compact backbone with the global image token")
         self.appearance = appearance
+        hidden = backbone.hf_model.config.get_text_config().hidden_size
+        if colour is not None and colour.embedding_dims != hidden:
+            raise ValueError(f"the colour channel reads {colour.embedding_dims}-d embeddings; this backbone's are {hidden}-d")
+        self.colour = colour
 
     @property
     def similarity(self) -> str:
-        """How embeddings are compared: "cosine" (unit rows), or "dot" with an appearance channel."""
-        return "cosine" if self.appearance is None else "dot"
+        """How embeddings are compared: "cosine" (unit rows), or "dot" with a score channel."""
+        return "cosine" if self.appearance is None and self.colour is None else "dot"
 
     @property
     def dims(self) -> int:
         hidden = self.backbone.hf_model.config.get_text_config().hidden_size
-        return hidden + (self.appearance.dims if self.appearance is not None else 0)
+        return hidden + sum(channel.dims for channel in (self.appearance, self.colour) if channel is not None)
 
     def prepare(self, segments: list[Segment], instruction: str | None) -> list[dict[str, Any]]:
         """The LamRA-Ret conversation of one item (instruction prefixed, texts cut per ``truncation``)."""
@@ -186,9 +192,10 @@ class Retriever:
         convert_to_numpy: bool = True,
         role: str = "query",
     ) -> np.ndarray | torch.Tensor:
-        """Embeddings, one row per item, in input order (float32): L2-normalised, or with an appearance
-        channel the unit LMM embedding followed by the channel's block. ``role`` "document" applies
-        ``truncation.document_tokens``."""
+        """Embeddings, one row per item, in input order (float32): L2-normalised, or with score
+        channels the unit LMM embedding followed by the appearance block and the colour block.
+        ``role`` "document" applies ``truncation.document_tokens`` and gives the colour block of a
+        candidate (its colours) instead of a query's (the colours it asks for)."""
         if role not in ROLES:
             raise InputError(f"role must be one of {ROLES}, got {role!r}")
         max_length = self.truncation.document_tokens if role == "document" else None
@@ -204,8 +211,12 @@ class Retriever:
                 conversations = [self.prepare(segments[i], instructions[i]) for i in chunk]
                 embedded = embed_conversations(self.backbone, conversations, max_length=max_length)
                 embeddings = F.normalize(embedded.float(), dim=-1)
+                blocks = [embeddings]
                 if self.appearance is not None:
-                    embeddings = torch.cat([embeddings, self._appearance_block([segments[i] for i in chunk])], dim=1)
+                    blocks.append(self._appearance_block([segments[i] for i in chunk]))
+                if self.colour is not None:
+                    blocks.append(self._colour_block([segments[i] for i in chunk], embeddings, role))
+                embeddings = torch.cat(blocks, dim=1)
                 for i, vector in zip(chunk, embeddings.cpu(), strict=True):
                     vectors[i] = vector
                 progress.update(len(chunk))
@@ -232,6 +243,23 @@ class Retriever:
                     start += len(images)
         has_image = np.array([bool(images) for images in images_of])
         return torch.from_numpy(self.appearance.vectors(features, has_image))
+
+
+    def _colour_block(self, items: list[list[Segment]], embeddings: torch.Tensor, role: str) -> torch.Tensor:
+        """The channel's block of each item: a candidate's colours (``role="document"``), or the
+        colours a query asks for. An item with several images has their mean histogram."""
+        histograms = np.zeros((len(items), len(self.colour.mean)), np.float32)
+        has_image = np.zeros(len(items), bool)
+        for row, segments in enumerate(items):
+            images = [s for s in segments if isinstance(s, Image.Image)]
+            if images:
+                histograms[row] = np.mean([colour_histogram(image) for image in images], axis=0)
+                has_image[row] = True
+        if role == "document":
+            block = self.colour.document_vectors(histograms, has_image)
+        else:
+            block = self.colour.query_vectors(embeddings.cpu().numpy(), histograms, has_image)
+        return torch.from_numpy(block)
 
 
 def _per_item(instruction, count: int) -> list[str | None]:

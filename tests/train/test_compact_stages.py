@@ -320,22 +320,28 @@ def test_packaging_a_rank_on_retriever_keeps_the_retrieval_role(chain, tmp_path)
     assert not (tmp_path / "wrong").exists()
 
 
-def test_packaging_a_rank_on_retriever_carries_the_retrievers_appearance_channel(chain, tmp_path):
+def test_packaging_a_rank_on_retriever_carries_the_retrievers_score_channels(chain, tmp_path):
     import shutil
 
     import numpy as np
 
     from lamra.appearance import AppearanceChannel
-    from lamra.light_checkpoint import load_appearance, role_digest, set_appearance
+    from lamra.colour import ColourChannel
+    from lamra.light_checkpoint import load_channel, role_digest, set_channel
     from lamra.train.package import package_compact
 
-    retriever = tmp_path / "retriever"  # the LamRA-Ret the reranker trained on, given a channel afterwards
+    retriever = tmp_path / "retriever"  # the LamRA-Ret the reranker trained on, given channels afterwards
     shutil.copytree(chain["packaged"], retriever)
-    channel = AppearanceChannel.fit(np.random.default_rng(0).normal(size=(20, 1280)), dims=4, weight=0.5)
-    set_appearance(retriever, channel)
+    rng = np.random.default_rng(0)
+    appearance = AppearanceChannel.fit(rng.normal(size=(20, 1280)), dims=4, weight=0.5)
+    colour = ColourChannel.fit(rng.random((20, 512)), rng.normal(size=(10, 8)), rng.random((10, 512)),
+                               rng.random(10) > 0.5, rng.random((10, 512)), dims=3, image_weight=0.1)
+    set_channel(retriever, "appearance", appearance)
+    set_channel(retriever, "colour", colour)
     shipped = package_compact(retriever, chain["rank_on_ret"].final_dir, tmp_path / "shipped")
     assert role_digest(shipped, "retrieval") == role_digest(retriever, "retrieval") != role_digest(chain["packaged"])
-    np.testing.assert_array_equal(load_appearance(shipped).components, channel.components)
+    np.testing.assert_array_equal(load_channel(shipped, "appearance").components, appearance.components)
+    np.testing.assert_array_equal(load_channel(shipped, "colour").predictor, colour.predictor)
 
 
 def test_rank_from_retriever_needs_a_retriever(chain, tmp_path):

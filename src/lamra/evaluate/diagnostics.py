@@ -108,7 +108,8 @@ def embedding_spread(encoder: Any, data_root: str | Path, split: str = "val", pe
     for modality, items in sample_candidates(data_root, split, per_modality, seed).items():
         instruction = instruction_for_modality(data_root, modality)
         for instruction in [None] + ([instruction] if instruction else []):
-            vectors = encoder.encode(items, instruction=instruction, image_root=data_root)
+            role = "document" if instruction is None else "query"  # a candidate, or a query asking for one
+            vectors = encoder.encode(items, instruction=instruction, image_root=data_root, role=role)
             mean, largest = pairwise_cosine_stats(np.asarray(vectors, dtype=np.float32))
             rows.append(Spread(modality, instruction, len(items), mean, largest))
     return rows

@@ -132,7 +132,7 @@ def mine(
     """Retrieve the top-K of the training pool for every training query (resumable)."""
     from lamra.train.mining import mine as run_mining
     from lamra.train.stages.mbeir_data import MBEIRTrainData
-    from lamra.train.stages.models import StageSetupError, load_retriever, retriever_appearance
+    from lamra.train.stages.models import StageSetupError, load_retriever, retriever_channels
 
     loaded = _recipe(recipe, set, None)
     target = out or (Path(loaded.rerank_data) if loaded.rerank_data else None)
@@ -145,7 +145,7 @@ def mine(
         path = run_mining(backbone, data, target, top_k=top_k or loaded.mining_top_k, batch_size=batch_size,
                           precision="bf16" if loaded.bf16 else "fp32", show_progress=not quiet,
                           pool_size=loaded.mining_pool_size, pool_index=pool_index, local=loaded.mining_local,
-                          appearance=retriever_appearance(source))
+                          channels=retriever_channels(source))
     except (StageSetupError, FileNotFoundError, ValueError) as error:
         _fail(error)
         return

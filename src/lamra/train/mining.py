@@ -19,9 +19,9 @@ datasets (the M-BEIR dataset id before the did's colon), as a local-pool evaluat
 them. In the global pool the top of an image query's list is mostly other images, whatever the
 task asks for, and a reranker trained on those negatives learns the modality, not the match.
 
-``appearance``: the retriever's appearance channel (``lamra.appearance``), when its package has
-one: image-to-image candidates are then ranked as an evaluation ranks them (LMM cosine plus the
-weighted appearance cosine), so the reranker trains on the lists it will be given.
+``channels``: the retriever's score channels (``lamra.appearance``, ``lamra.colour``), when its
+package has them: candidates are then ranked as an evaluation ranks them (LMM cosine plus the
+channels' terms), so the reranker trains on the lists it will be given.
 
 ``pool_index``: a ``lamra index`` directory of the same pool built with the same retriever (the
 evaluation's cached global pool, say) is reused instead of encoding the pool again. Its ids must be
@@ -34,12 +34,13 @@ import hashlib
 import json
 import os
 import random
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
-from lamra.appearance import AppearanceChannel
 from lamra.atomic_io import atomic_write
 from lamra.backbones.base import Backbone
 from lamra.data.mbeir import dataset_id_of
@@ -110,7 +111,7 @@ def mine(
     pool_size: int | None = None,
     pool_index: str | os.PathLike | None = None,
     local: bool = False,
-    appearance: AppearanceChannel | None = None,
+    channels: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write the mined file ``out`` (see the module doc); returns its path.
 
@@ -120,7 +121,7 @@ def mine(
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(out.name + ".partial")
     pool_file = out.with_name(out.name + ".pool.pt")
-    retriever = Retriever(backbone, precision=precision, appearance=appearance)
+    retriever = Retriever(backbone, precision=precision, **(channels or {}))
     queries = data.queries[:max_queries] if max_queries else data.queries
     dids = mining_pool(data, queries, pool_size)
     key = _pool_key(dids)
@@ -185,7 +186,7 @@ def _vectors_from_index(directory, dids: list[str], data: MBEIRTrainData, retrie
     if index.dims != retriever.dims:
         raise ValueError(f"index {str(directory)!r} (model {index.model_name!r}) holds {index.dims}-d vectors, this "
                          f"retriever writes {retriever.dims}-d ones: it was not built with this retriever"
-                         + (" (with its appearance channel?)" if index.dims > retriever.dims else ""))
+                         + (" (with its score channels?)" if index.dims > retriever.dims else ""))
     vectors = torch.from_numpy(index.vectors[[row_of[did] for did in dids]].copy())
     check = random.Random(f"{data.seed}:index-check").sample(range(len(dids)), min(INDEX_CHECK_ITEMS, len(dids)))
     fresh = retriever.encode([_cand_item(data, dids[i]) for i in check], batch_size=batch_size,

@@ -32,11 +32,12 @@ from lamra.light_checkpoint import (
     CONFIG_NAME,
     PROJECTOR_FILE,
     RETRIEVAL_PROJECTOR_FILE,
-    load_appearance,
+    CHANNELS,
+    load_channel,
     read_light_config,
     role_digest,
     role_vision,
-    set_appearance,
+    set_channel,
     write_light_config,
 )
 from lamra.train.trainer import HARDWARE_LOG
@@ -171,9 +172,9 @@ def _package_stacked(retrieval_final: Path, retrieval: dict, rank_final: Path, r
     holds both roles, the retrieval one copied from where it started. That must be
     ``retrieval_final`` itself (usually the package shipped before), so the retrieval role and every
     cache keyed by its digest stay as they were; only the dtype of the new files changes. The run
-    does not carry the retriever's appearance channel (``lamra.appearance``): the package gets it
-    from ``retrieval_final``."""
-    if role_digest(retrieval_final, "retrieval", appearance=False) != role_digest(rank_final, "retrieval", appearance=False):
+    does not carry the retriever's score channels (``lamra.appearance``, ``lamra.colour``): the
+    package gets them from ``retrieval_final``."""
+    if role_digest(retrieval_final, "retrieval", channels=False) != role_digest(rank_final, "retrieval", channels=False):
         raise ValueError(f"{rank_final} was trained on top of another LamRA-Ret than {retrieval_final}: "
                          "package with the retriever its recipe's init_from named")
     with atomic_directory(out_dir) as folder:
@@ -184,7 +185,8 @@ def _package_stacked(retrieval_final: Path, retrieval: dict, rank_final: Path, r
                       "rank": read_hardware(rank_final)}
         write_light_config(folder, rank["image_grid"], rank["retrieval_adapters"], rank["rank_adapter"],
                            rank["global_image_token"], rank["roles"], {k: v for k, v in trained_on.items() if v})
-        set_appearance(folder, load_appearance(retrieval_final))
+        for kind in CHANNELS:
+            set_channel(folder, kind, load_channel(retrieval_final, kind))
     return out_dir
 
 

@@ -15,9 +15,8 @@ from pathlib import Path
 
 import torch
 
-from lamra.appearance import AppearanceChannel
 from lamra.backbones.base import Backbone
-from lamra.light_checkpoint import CONFIG_NAME, load_appearance, read_light_config
+from lamra.light_checkpoint import CHANNELS, CONFIG_NAME, load_channel, read_light_config
 from lamra.train.recipe import Recipe
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -128,9 +127,10 @@ def load_qwen_any(source: str | os.PathLike, base: str | None = None) -> Backbon
     return QwenVLBackbone.from_pretrained(source)
 
 
-def retriever_appearance(path: str | os.PathLike) -> AppearanceChannel | None:
-    """The appearance channel of a light compact LamRA-Ret package (``lamra.appearance``), else None."""
-    return load_appearance(path) if is_light(Path(path)) else None
+def retriever_channels(path: str | os.PathLike) -> dict:
+    """The score channels of a light compact LamRA-Ret package (``appearance``, ``colour``: keyword
+    arguments of ``Retriever``); none for other checkpoints."""
+    return {kind: load_channel(path, kind) for kind in CHANNELS} if is_light(Path(path)) else {}
 
 
 def load_retriever(path: str | os.PathLike, base: str | None = None) -> Backbone:
