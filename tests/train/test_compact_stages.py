@@ -225,13 +225,13 @@ def test_mining_with_the_appearance_channel_ranks_as_the_evaluation_does(chain, 
         path = mine(backbone, data, tmp_path / name, top_k=10, show_progress=False, precision="fp32", **options)
         return [json.loads(line) for line in path.read_text().splitlines()]
 
-    reused, fresh, plain = (mined("reused.jsonl", appearance=channel, pool_index=index),
-                            mined("fresh.jsonl", appearance=channel), mined("plain.jsonl"))
+    reused, fresh, plain = (mined("reused.jsonl", channels={"appearance": channel}, pool_index=index),
+                            mined("fresh.jsonl", channels={"appearance": channel}), mined("plain.jsonl"))
     assert [r["top_docs"] for r in reused] == [r["top_docs"] for r in fresh]
     np.testing.assert_allclose([r["scores"] for r in reused], [r["scores"] for r in fresh], atol=1e-4)
     # image-to-image scores rise by up to the channel's weight, the others stay the LMM's
     assert max(a["scores"][0] for a in fresh) > 1.5 > max(b["scores"][0] for b in plain)
-    with pytest.raises(ValueError, match=r"holds \d+-d vectors.*appearance channel"):
+    with pytest.raises(ValueError, match=r"holds \d+-d vectors.*score channels"):
         mine(backbone, data, tmp_path / "refused.jsonl", top_k=10, show_progress=False, pool_index=index)
 
 
