@@ -67,8 +67,16 @@ def test_the_channel_learns_which_colour_a_query_asks_for():
     shown = np.stack([colour_histogram(drawing(PAINTS[names[(i + 1) % len(names)]])) for i in range(len(names))])
     image_queries = channel.query_vectors(unit_codes, shown, np.ones(len(names), bool))
     assert (image_queries @ documents.T).argmax(axis=1).tolist() == list(range(len(names)))  # the asked colour, not the shown one
-    np.testing.assert_allclose(image_queries, 2 * channel.with_weights(0.5, 0.5).query_vectors(
-        unit_codes, shown, np.ones(len(names), bool)), rtol=1e-5)  # the image weight scales image queries
+    half = channel.with_weights(0.5, 0.5)  # the image weight scales the scores of image queries
+    half_scores = half.query_vectors(unit_codes, shown, np.ones(len(names), bool)) @ half.document_vectors(
+        np.stack([colour_histogram(drawing(PAINTS[n])) for n in names]), np.ones(len(names), bool)).T
+    np.testing.assert_allclose(image_queries @ documents.T, 2 * half_scores, rtol=1e-4)
+    # the weight is split: a candidate's block is its colours times sqrt(1.0), whatever a query asks
+    colours = channel.colours(np.stack([colour_histogram(drawing(PAINTS[n])) for n in names]), np.ones(len(names), bool))
+    np.testing.assert_allclose(documents, colours * np.sqrt(1.0), rtol=1e-6)
+    predicted = channel.with_weights(1.0, 1.0).query_vectors(  # scale 1: the predictions themselves
+        unit_codes, np.zeros((len(names), 512)), np.zeros(len(names), bool))
+    np.testing.assert_allclose(text_queries @ documents.T, 0.5 * predicted @ colours.T, rtol=1e-4)  # text weight 0.5
     silent = channel.with_weights(0.0, 1.0).query_vectors(unit_codes, shown, np.zeros(len(names), bool))
     np.testing.assert_allclose(silent, 0)  # text weight 0: text queries add nothing
     np.testing.assert_allclose(channel.document_vectors(np.ones((2, 512)), np.zeros(2, bool)), 0)  # no image, no colour

@@ -7,14 +7,16 @@ channel (``lamra.appearance``), which must ignore tone, cannot help. This channe
 term to the score, as one more block of the vector:
 
 - a candidate's block is its colours: the PCA-whitened square-root histogram of the foreground pixels
-  of its image (``colour_histogram``; zeros for an item without an image);
+  of its image (``colour_histogram``; zeros for an item without an image), times ``sqrt(w)``, where
+  ``w`` is the larger of the two weights below;
 - a query's block is the colours of what it asks for, predicted by a ridge regression from the
   query's LMM embedding and its own image's colours (so "with dark skin tone" and the picture it
-  modifies both count), times a weight: ``text_weight`` for a query without an image,
-  ``image_weight`` for one with an image.
+  modifies both count), times its weight over ``sqrt(w)``: ``text_weight`` for a query without an
+  image, ``image_weight`` for one with an image.
 
 The inner product of the two adds ``weight * <predicted colours, candidate colours>`` to the LMM and
-appearance scores. It touches only scores of candidates with an image, and it needs nothing from the
+appearance scores. Splitting the weight between the sides keeps a candidate's block on the scale of
+the query's, so sums of candidate vectors (query expansion's feedback) do not drown the other terms. It touches only scores of candidates with an image, and it needs nothing from the
 backbone: the histogram is computed from the pixels. The regression is fitted on training queries
 (each one's positive candidate's colours are the target) and the weights on val
 (``scripts/fit_colour.py``). Queries and candidates get different blocks, so a collection must be
@@ -94,17 +96,28 @@ class ColourChannel:
         """The LMM embedding size the predictor reads."""
         return int(self.input_mean.shape[0]) - self.dims - 1
 
-    def document_vectors(self, histograms: np.ndarray, has_image: np.ndarray) -> np.ndarray:
-        """Candidates' blocks: their colours; zero rows where ``has_image`` is False."""
+    @property
+    def document_scale(self) -> float:
+        """``sqrt`` of the larger weight: a candidate's share of the score's weight."""
+        return float(np.sqrt(max(self.text_weight, self.image_weight)))
+
+    def colours(self, histograms: np.ndarray, has_image: np.ndarray) -> np.ndarray:
+        """Whitened PCA coordinates of ``colour_histogram`` rows; zero rows where ``has_image`` is False."""
         return _project(histograms, self.mean, self.components, self.scales, has_image)
 
+    def document_vectors(self, histograms: np.ndarray, has_image: np.ndarray) -> np.ndarray:
+        """Candidates' blocks: their colours times ``document_scale``."""
+        return (self.colours(histograms, has_image) * self.document_scale).astype(np.float32)
+
     def query_vectors(self, embeddings: np.ndarray, histograms: np.ndarray, has_image: np.ndarray) -> np.ndarray:
-        """Queries' blocks: the predicted colours of what each asks for, times its weight."""
+        """Queries' blocks: the predicted colours of what each asks for, times its weight over
+        ``document_scale`` (so the inner product with a candidate's block carries the weight)."""
         has_image = np.asarray(has_image, bool)
-        wanted = _inputs(embeddings, self.document_vectors(histograms, has_image), has_image)
+        wanted = _inputs(embeddings, self.colours(histograms, has_image), has_image)
         wanted = (wanted - self.input_mean) @ self.predictor + self.output_mean
         weights = np.where(has_image, self.image_weight, self.text_weight)
-        return (wanted * weights[:, None]).astype(np.float32)
+        scale = self.document_scale
+        return (wanted * (weights / scale if scale > 0 else weights)[:, None]).astype(np.float32)
 
     @classmethod
     def fit(cls, image_histograms: np.ndarray, embeddings: np.ndarray, query_histograms: np.ndarray,
