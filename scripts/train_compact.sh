@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Train the compact LamRA end to end on PocketBEIR, then package it into src/lamra/weights/compact,
-# fit its appearance channel and write the training report. Every stage checkpoints: re-running this script after an
+# fit its score channels (appearance, then colour) and write the training report. Every stage checkpoints: re-running this script after an
 # interruption resumes where it stopped (finished stages are skipped).
 #
 #   bash scripts/train_compact.sh           (after bash scripts/setup.sh and lamra data build pocketbeir)
@@ -45,6 +45,7 @@ MINED="runs/$S2/mined_local_top100.jsonl"  # the rank recipe's mining, by this p
 [[ -f runs/compact-rank/final/lamra.json ]] || "$LAMRA" train rank --recipe recipes/compact-rank.yaml --set "rerank_data=$MINED"
 .venv/bin/python -m lamra.train.package "runs/$S2/final" runs/compact-rank/final src/lamra/weights/compact
 timed appearance .venv/bin/python scripts/fit_appearance.py  # PCA on training images, its settings chosen on val
+timed colour .venv/bin/python scripts/fit_colour.py  # fitted on training queries, its weights chosen on val
 .venv/bin/python scripts/evaluate_pocketbeir.py all
 .venv/bin/python scripts/evaluate_rerank.py all
 .venv/bin/python -m lamra.train.report --runs runs --timings "$TIMINGS" --eval results/stages.md --out docs/training \
