@@ -37,7 +37,7 @@ from lamra.assets import lamra_home
 from lamra.evaluate.remembering import RememberingEncoder
 from lamra.evaluate.runner import evaluate_mbeir
 from lamra.data.training_images import training_images
-from lamra.evaluate.tables import DISPLAY_NAMES, markdown_table, write_markdown
+from lamra.evaluate.tables import DISPLAY_NAMES, command_with_options, markdown_table, write_markdown
 from lamra.items import load_image
 from lamra.light_checkpoint import set_channel
 from lamra.pocketbeir.emoji import TONES
@@ -161,9 +161,8 @@ def main() -> None:
         return
     set_channel(args.model, "appearance", AppearanceChannel.fit(features, best[0], weight=best[3], whiten=best[1],
                                                                 ignore=tone_directions[:best[2]]))
-    changed = [f"--{name.replace('_', '-')} {getattr(args, name)}" for name in ("model", "dims", "grid", "whiten", "ignore_tone")
-               if getattr(args, name) != parser.get_default(name)]  # the page names the grid it shows
-    command = " ".join([".venv/bin/python scripts/fit_appearance.py", *changed])
+    # the page names the grid it shows
+    command = command_with_options("scripts/fit_appearance.py", parser, args, ("model", "dims", "grid", "whiten", "ignore_tone"))
     write_markdown(args.page, command, page)
     print(f"wrote the channel into {args.model} and {args.page}; {time.perf_counter() - started:.0f} s")
 

@@ -41,7 +41,7 @@ from lamra.data.training_images import training_images
 from lamra.evaluate.queries import encode_queries, pick_instruction, positive_modality
 from lamra.evaluate.remembering import RememberingEncoder
 from lamra.evaluate.runner import evaluate_mbeir
-from lamra.evaluate.tables import DISPLAY_NAMES, markdown_table, write_markdown
+from lamra.evaluate.tables import DISPLAY_NAMES, command_with_options, markdown_table, write_markdown
 from lamra.evaluate.task_pools import TaskPools
 from lamra.evaluate.tasks import list_tasks
 from lamra.items import load_image
@@ -176,9 +176,8 @@ def main() -> None:
         return
     set_channel(args.model, "colour", ColourChannel.fit(image_histograms, *queries, dims=best[0], ridge=args.ridge,
                                                         text_weight=best[1], image_weight=best[2]))
-    changed = [f"--{name.replace('_', '-')} {getattr(args, name)}" for name in ("model", "dims", "grid", "ridge")
-               if getattr(args, name) != parser.get_default(name)]  # the page names the grid it shows
-    command = " ".join([".venv/bin/python scripts/fit_colour.py", *changed])
+    # the page names the grid it shows
+    command = command_with_options("scripts/fit_colour.py", parser, args, ("model", "dims", "grid", "ridge"))
     write_markdown(args.page, command, page)
     print(f"wrote the channel into {args.model} and {args.page}; {time.perf_counter() - started:.0f} s")
 

@@ -31,10 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
-from safetensors.torch import load_file, save_file
 
-from lamra.atomic_io import atomic_write
+from lamra.channel_file import load_channel_file, save_channel_file
 
 APPEARANCE_FILE = "appearance.safetensors"
 
@@ -121,21 +119,13 @@ class AppearanceChannel:
         return (np.sqrt(self.weight) * unit * np.asarray(has_image, bool)[:, None]).astype(np.float32)
 
     def save(self, path: str | os.PathLike) -> Path:
-        tensors = {"mean": torch.from_numpy(self.mean), "components": torch.from_numpy(self.components).half(),
-                   "scales": torch.from_numpy(self.scales)}
-        metadata = {"weight": repr(self.weight)}
-        return atomic_write(Path(path), lambda temp: save_file(tensors, str(temp), metadata=metadata))
+        return save_channel_file(path, {"mean": self.mean, "components": self.components, "scales": self.scales},
+                                 {"weight": self.weight}, half=("components",))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> AppearanceChannel:
-        from safetensors import SafetensorError, safe_open
-
-        path = Path(path)
+        arrays, metadata = load_channel_file(path, "appearance channel")
         try:
-            with safe_open(str(path), "pt") as handle:
-                metadata = handle.metadata() or {}
-            tensors = load_file(str(path))
-            return cls(tensors["mean"].numpy(), tensors["components"].float().numpy(), tensors["scales"].numpy(),
-                       float(metadata["weight"]))
-        except (OSError, KeyError, ValueError, RuntimeError, SafetensorError) as error:
+            return cls(arrays["mean"], arrays["components"], arrays["scales"], float(metadata["weight"]))
+        except (KeyError, ValueError) as error:
             raise ValueError(f"cannot read the appearance channel {path}: {error}") from None

@@ -31,11 +31,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
-from safetensors.torch import load_file, save_file
 
-from lamra.atomic_io import atomic_write
+from lamra.channel_file import load_channel_file, save_channel_file
 from lamra.items import to_rgb
 
 COLOUR_FILE = "colour.safetensors"
@@ -156,25 +154,20 @@ class ColourChannel:
                              self.output_mean, float(text_weight), float(image_weight))
 
     def save(self, path: str | os.PathLike) -> Path:
-        tensors = {name: torch.from_numpy(getattr(self, name))
-                   for name in ("mean", "components", "scales", "input_mean", "predictor", "output_mean")}
-        metadata = {"text_weight": repr(self.text_weight), "image_weight": repr(self.image_weight)}
-        return atomic_write(Path(path), lambda temp: save_file(tensors, str(temp), metadata=metadata))
+        return save_channel_file(path, {name: getattr(self, name) for name in _ARRAYS},
+                                 {"text_weight": self.text_weight, "image_weight": self.image_weight})
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> ColourChannel:
-        from safetensors import SafetensorError, safe_open
-
-        path = Path(path)
+        arrays, metadata = load_channel_file(path, "colour channel")
         try:
-            with safe_open(str(path), "pt") as handle:
-                metadata = handle.metadata() or {}
-            tensors = {name: value.float().numpy() for name, value in load_file(str(path)).items()}
-            return cls(tensors["mean"], tensors["components"], tensors["scales"], tensors["input_mean"],
-                       tensors["predictor"], tensors["output_mean"], float(metadata["text_weight"]),
+            return cls(*(arrays[name] for name in _ARRAYS), float(metadata["text_weight"]),
                        float(metadata["image_weight"]))
-        except (OSError, KeyError, ValueError, RuntimeError, SafetensorError) as error:
+        except (KeyError, ValueError) as error:
             raise ValueError(f"cannot read the colour channel {path}: {error}") from None
+
+
+_ARRAYS = ("mean", "components", "scales", "input_mean", "predictor", "output_mean")  # the stored fields, in order
 
 
 def _project(histograms: np.ndarray, mean: np.ndarray, components: np.ndarray, scales: np.ndarray,
