@@ -31,9 +31,9 @@ from safetensors.torch import load_file, save_file
 
 from lamra.appearance import APPEARANCE_FILE, AppearanceChannel
 from lamra.atomic_io import atomic_write_text
-from lamra.colour import COLOUR_FILE, ColourChannel
 from lamra.backbones.base import quiet_peft
 from lamra.backbones.compact import CompactBackbone
+from lamra.colour import COLOUR_FILE, ColourChannel
 
 FORMAT_VERSION = 1
 CONFIG_NAME = "lamra.json"

@@ -16,9 +16,9 @@ import numpy as np
 import torch
 
 from lamra.appearance import AppearanceChannel
-from lamra.colour import ColourChannel
 from lamra.backbones.base import Backbone
 from lamra.backbones.openvino_engine import check_backend, use_openvino
+from lamra.colour import ColourChannel
 from lamra.items import InputError, check_top_k, to_segment_batch, to_segments
 from lamra.query_expansion import QueryExpansion, expanded_search
 from lamra.reranker import Reranker, fuse
@@ -152,9 +152,10 @@ class LamRA:
         (Qwen-VL retrieval only): "sequential" or "mrope"; None picks what the checkpoint was trained
         with (sequential for LamRA-Ret, see ``lamra.backbones.qwen_vl.POSITION_MODES``).
         ``channels=False`` ignores a compact package's score channels (``lamra.appearance``,
-        ``lamra.colour``): the LMM embedding alone, unit rows compared by cosine. ``backend="openvino"`` (compact model,
-        CPU; ``pip install 'lamra[openvino]'``) runs encoding's vision trunk and decoder in OpenVINO,
-        in the precision ``precision`` picks (``lamra.backbones.openvino_engine``); a separate LamRA-Rank stays in torch.
+        ``lamra.colour``): the LMM embedding alone, unit rows compared by cosine.
+        ``backend="openvino"`` (compact model, CPU; ``pip install 'lamra[openvino]'``) runs encoding's
+        vision trunk and decoder in OpenVINO, in the precision ``precision`` picks
+        (``lamra.backbones.openvino_engine``); a separate LamRA-Rank stays in torch.
         """
         check_backend(backend)
         backbone = load_backbone(name_or_path, adapter=adapter, device=device, dtype=dtype)

@@ -244,7 +244,6 @@ class Retriever:
         has_image = np.array([bool(images) for images in images_of])
         return torch.from_numpy(self.appearance.vectors(features, has_image))
 
-
     def _colour_block(self, items: list[list[Segment]], embeddings: torch.Tensor, role: str) -> torch.Tensor:
         """The channel's block of each item: a candidate's colours (``role="document"``), or the
         colours a query asks for. An item with several images has their mean histogram."""
