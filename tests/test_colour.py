@@ -90,6 +90,8 @@ def test_channel_round_trips_and_refuses_what_it_cannot_use(tmp_path):
     for name in ("mean", "components", "scales", "input_mean", "predictor", "output_mean"):
         np.testing.assert_array_equal(getattr(loaded, name), getattr(channel, name))
     assert (loaded.text_weight, loaded.image_weight) == (0.25, 0.75)
+    for again in range(4):  # the same bytes every time (a package's digest hashes them)
+        assert loaded.save(tmp_path / f"again{again}.safetensors").read_bytes() == path.read_bytes()
     path.write_bytes(b"not safetensors")
     with pytest.raises(ValueError, match=COLOUR_FILE):
         ColourChannel.load(path)
