@@ -34,7 +34,7 @@ import numpy as np
 
 from lamra import LamRA
 from lamra.assets import lamra_home
-from lamra.colour import ColourChannel, colour_histogram
+from lamra.colour import LEVELS, ColourChannel, colour_histogram
 from lamra.data.mbeir import MBEIRDataset
 from lamra.data.mbeir_items import query_item
 from lamra.data.training_images import training_images
@@ -63,7 +63,7 @@ class Histograms:
         for path in paths:
             if path and path not in self._known:
                 self._known[path] = colour_histogram(load_image(path, self.image_root))
-        rows = [self._known[p] if p else np.zeros(512, np.float32) for p in paths]
+        rows = [self._known[p] if p else np.zeros(LEVELS**3, np.float32) for p in paths]
         return np.stack(rows), np.array([bool(p) for p in paths])
 
 
