@@ -19,7 +19,6 @@
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import os
 import time
@@ -33,11 +32,11 @@ from tqdm.auto import tqdm
 
 from lamra import LamRA
 from lamra.appearance import AppearanceChannel
-from lamra.assets import lamra_home
 from lamra.evaluate.remembering import RememberingEncoder
 from lamra.evaluate.runner import evaluate_mbeir
 from lamra.data.training_images import training_images
-from lamra.evaluate.tables import DISPLAY_NAMES, command_with_options, markdown_table, write_markdown
+from lamra.evaluate.channel_fit import channel_fit_parser, command_with_options
+from lamra.evaluate.tables import DISPLAY_NAMES, markdown_table, write_markdown
 from lamra.items import load_image
 from lamra.light_checkpoint import set_channel
 from lamra.pocketbeir.emoji import TONES
@@ -95,16 +94,10 @@ class ChannelSweep:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="src/lamra/weights/compact", help="a light compact package")
-    parser.add_argument("--data", type=Path, default=lamra_home() / "pocketbeir")
-    parser.add_argument("--dims", default=",".join(map(str, DEFAULT_DIMS)), help="PCA components kept, tried on val")
-    parser.add_argument("--grid", default=",".join(map(str, DEFAULT_GRID)), help="weights tried on val")
+    parser = channel_fit_parser(__doc__, DEFAULT_DIMS, DEFAULT_GRID, "results/appearance.md")
     parser.add_argument("--whiten", default=",".join(map(str, DEFAULT_WHITENING)), help="whitening powers tried on val")
     parser.add_argument("--ignore-tone", default=",".join(map(str, DEFAULT_IGNORED_TONES)),
                         help="skin-tone directions projected out, tried on val")
-    parser.add_argument("--page", default="results/appearance.md")
-    parser.add_argument("--dry-run", action="store_true")
     args = parser.parse_args()
     grid = sorted(float(w) for w in args.grid.split(","))
     whitenings = sorted(float(p) for p in args.whiten.split(","))

@@ -21,7 +21,6 @@
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import os
 import time
@@ -33,7 +32,6 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import numpy as np
 
 from lamra import LamRA
-from lamra.assets import lamra_home
 from lamra.colour import LEVELS, ColourChannel, colour_histogram
 from lamra.data.mbeir import MBEIRDataset
 from lamra.data.mbeir_items import query_item
@@ -41,7 +39,8 @@ from lamra.data.training_images import training_images
 from lamra.evaluate.queries import encode_queries, pick_instruction, positive_modality
 from lamra.evaluate.remembering import RememberingEncoder
 from lamra.evaluate.runner import evaluate_mbeir
-from lamra.evaluate.tables import DISPLAY_NAMES, command_with_options, markdown_table, write_markdown
+from lamra.evaluate.channel_fit import channel_fit_parser, command_with_options
+from lamra.evaluate.tables import DISPLAY_NAMES, markdown_table, write_markdown
 from lamra.evaluate.task_pools import TaskPools
 from lamra.evaluate.tasks import list_tasks
 from lamra.items import load_image
@@ -115,14 +114,8 @@ def training_queries(model: LamRA, data: MBEIRDataset, histograms: Histograms):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="src/lamra/weights/compact", help="a light compact package")
-    parser.add_argument("--data", type=Path, default=lamra_home() / "pocketbeir")
-    parser.add_argument("--dims", default=",".join(map(str, DEFAULT_DIMS)), help="PCA components kept, tried on val")
-    parser.add_argument("--grid", default=",".join(map(str, DEFAULT_GRID)), help="weights tried on val")
+    parser = channel_fit_parser(__doc__, DEFAULT_DIMS, DEFAULT_GRID, "results/colour.md")
     parser.add_argument("--ridge", type=float, default=10.0, help="the predictor's ridge penalty")
-    parser.add_argument("--page", default="results/colour.md")
-    parser.add_argument("--dry-run", action="store_true")
     args = parser.parse_args()
     grid = sorted(float(w) for w in args.grid.split(","))
     dims_grid = sorted(int(d) for d in args.dims.split(","))
