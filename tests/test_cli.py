@@ -85,6 +85,14 @@ def test_search_refuses_a_top_k_below_one(tmp_path, top_k):
     assert f"--top-k must be an integer of at least 1, got {top_k}" in str(result.exception)
 
 
+@pytest.mark.parametrize("command, extra", [(["index"], "lamra[ray]"), (["index"], "lamra[openvino]"),
+                                            (["search"], "lamra[openvino]")])
+def test_help_keeps_the_optional_extras_names(command, extra):
+    """Rich markup read "[ray]" as a style tag and printed "pip install 'lamra'"."""
+    result = runner.invoke(app, [*command, "--help"], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert f"pip install '{extra}'" in " ".join(result.output.split())
+
 def test_console_entry_turns_input_errors_into_one_line(tmp_path, monkeypatch, capsys):
     import sys
 

@@ -12,8 +12,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import typer
 
-app = typer.Typer(help="LamRA: a large multimodal model as a universal retrieval assistant.", no_args_is_help=True)
-data_app = typer.Typer(help="Build and inspect M-BEIR-format data.", no_args_is_help=True)
+# Help is plain text: Rich markup would swallow "[ray]" in "pip install 'lamra[ray]'" as a style tag.
+app = typer.Typer(help="LamRA: a large multimodal model as a universal retrieval assistant.", no_args_is_help=True,
+                  rich_markup_mode=None)
+data_app = typer.Typer(help="Build and inspect M-BEIR-format data.", no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(data_app, name="data")
 
 

@@ -23,7 +23,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import typer
 
-train_app = typer.Typer(help="Train LamRA-Ret (stages 0/1/2) and LamRA-Rank; mine; merge.", no_args_is_help=True)
+train_app = typer.Typer(help="Train LamRA-Ret (stages 0/1/2) and LamRA-Rank; mine; merge.", no_args_is_help=True,
+                        rich_markup_mode=None)  # plain help, as the main app's
 
 RecipeOption = Annotated[str, typer.Option("--recipe", "-r", help="Recipe YAML file or shipped recipe name.")]
 SetOption = Annotated[
