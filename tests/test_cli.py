@@ -93,6 +93,7 @@ def test_help_keeps_the_optional_extras_names(command, extra):
     assert result.exit_code == 0, result.output
     assert f"pip install '{extra}'" in " ".join(result.output.split())
 
+
 def test_console_entry_turns_input_errors_into_one_line(tmp_path, monkeypatch, capsys):
     import sys
 
