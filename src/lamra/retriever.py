@@ -227,11 +227,10 @@ class Retriever:
             result = torch.stack(vectors)
         return result.numpy() if convert_to_numpy else result
 
-
     def _appearance_block(self, items: list[list[Segment]]) -> torch.Tensor:
         """The channel's block of each item: from the mean global trunk feature of its images (the
         feature cache has them from the forward pass just run, under the same precision)."""
-        images_of = [[s for s in segments if isinstance(s, Image.Image)] for segments in items]
+        images_of = [_images_in(segments) for segments in items]
         features = np.zeros((len(items), self.appearance.mean.shape[0]), np.float32)
         every_image = [image for images in images_of for image in images]
         if every_image:  # one cache lookup for the whole chunk
@@ -250,7 +249,7 @@ class Retriever:
         histograms = np.zeros((len(items), len(self.colour.mean)), np.float32)
         has_image = np.zeros(len(items), bool)
         for row, segments in enumerate(items):
-            images = [s for s in segments if isinstance(s, Image.Image)]
+            images = _images_in(segments)
             if images:
                 histograms[row] = np.mean([colour_histogram(image) for image in images], axis=0)
                 has_image[row] = True
@@ -259,6 +258,10 @@ class Retriever:
         else:
             block = self.colour.query_vectors(embeddings.cpu().numpy(), histograms, has_image)
         return torch.from_numpy(block)
+
+
+def _images_in(segments: list[Segment]) -> list[Image.Image]:
+    return [s for s in segments if isinstance(s, Image.Image)]
 
 
 def _per_item(instruction, count: int) -> list[str | None]:
